@@ -1,0 +1,220 @@
+"""Click-event decoding and validation, shared by the streaming and offline executors.
+
+An upstream message is raw bytes holding one JSON object. `EventSchema.decode` turns it into a
+*canonical event*: a plain dict keyed by the canonical field names below, whatever the upstream
+calls them (the mapping is configuration, not code). Decoding is strict and total: it either
+returns a canonical event or raises `InvalidEvent` whose `reason` is a short stable code (used as
+the dead-letter reason and as a metric label) and whose `detail` says what was wrong.
+
+Canonical event (types after decoding):
+
+==========  =============  ==========================================================
+field       type           notes
+==========  =============  ==========================================================
+event_id    str            required
+user_id     str            required; the default entity key
+event_type  str            required
+ts          int            required; event time in epoch **milliseconds** (UTC). The
+                           upstream may send epoch ms (int, or float floored to ms) or
+                           an ISO-8601 string (a naive one is taken as UTC).
+session_id  str | None
+page        str | None
+product_id  str | None
+price       float | None   must be finite and >= 0
+device      str | None
+country     str | None
+referrer    str | None
+==========  =============  ==========================================================
+
+Identifier fields (event_id, user_id, session_id, product_id) accept JSON strings or integers;
+integers are converted to their decimal string so that `42` and `"42"` are the same entity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+CANONICAL_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "session_id",
+    "event_type",
+    "ts",
+    "page",
+    "product_id",
+    "price",
+    "device",
+    "country",
+    "referrer",
+)
+_ID_FIELDS = frozenset({"event_id", "user_id", "session_id", "product_id"})
+_STR_FIELDS = frozenset({"event_type", "page", "device", "country", "referrer"})
+
+# Reason codes. Stable: they appear in dead-letter records and metric labels.
+OVERSIZE = "oversize"
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+NON_FINITE = "non_finite"
+OUT_OF_RANGE = "out_of_range"
+BAD_TIMESTAMP = "bad_timestamp"
+LATE = "late"
+
+# 2000-01-01 and 2100-01-01 in epoch ms: anything outside is an absurd timestamp.
+DEFAULT_MIN_TS_MS = 946_684_800_000
+DEFAULT_MAX_TS_MS = 4_102_444_800_000
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot become a canonical event.
+
+    Attributes:
+        reason: stable short code (one of the module-level reason constants).
+        detail: human-readable explanation naming the offending field.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """How upstream JSON maps onto canonical events, and the validation limits.
+
+    Args:
+        field_map: canonical name -> upstream name, for the fields the upstream names differently
+            (e.g. ``{"user_id": "uid", "ts": "timestamp"}``). Unlisted fields keep their names.
+        required: canonical fields that must be present and non-null.
+        max_bytes: messages larger than this are rejected as ``oversize`` before parsing.
+        min_ts_ms / max_ts_ms: event times outside [min, max) are ``bad_timestamp``.
+    """
+
+    field_map: Mapping[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ("event_id", "user_id", "event_type", "ts")
+    max_bytes: int = 1_048_576
+    min_ts_ms: int = DEFAULT_MIN_TS_MS
+    max_ts_ms: int = DEFAULT_MAX_TS_MS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.field_map) - set(CANONICAL_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"schema.field_map names unknown canonical fields {sorted(unknown)}; "
+                f"canonical fields are {list(CANONICAL_FIELDS)}"
+            )
+        missing = set(self.required) - set(CANONICAL_FIELDS)
+        if missing:
+            raise ValueError(f"schema.required names unknown canonical fields {sorted(missing)}")
+        for must in ("user_id", "ts"):
+            if must not in self.required:
+                raise ValueError(f"schema.required must include {must!r}: features are keyed by it")
+        if self.max_bytes <= 0 or self.min_ts_ms >= self.max_ts_ms:
+            raise ValueError("schema limits must satisfy max_bytes > 0 and min_ts_ms < max_ts_ms")
+        # Precomputed (canonical, upstream) pairs: the decode loop is hot.
+        object.__setattr__(
+            self, "_pairs", tuple((c, self.field_map.get(c, c)) for c in CANONICAL_FIELDS)
+        )
+
+    def upstream_name(self, canonical: str) -> str:
+        """The upstream field name that carries `canonical`."""
+        return self.field_map.get(canonical, canonical)
+
+    def decode(self, raw: bytes) -> dict[str, Any]:
+        """Parse and validate one message; return the canonical event or raise `InvalidEvent`."""
+        if len(raw) > self.max_bytes:
+            raise InvalidEvent(OVERSIZE, f"{len(raw)} bytes > max {self.max_bytes}")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(MALFORMED_JSON, str(exc)) from None
+        if not isinstance(obj, dict):
+            raise InvalidEvent(NOT_AN_OBJECT, f"top-level JSON is {type(obj).__name__}, not an object")
+        return self.from_mapping(obj)
+
+    def from_mapping(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate an already-parsed upstream object (as `decode` does after parsing)."""
+        event: dict[str, Any] = {}
+        for canonical, upstream in self._pairs:  # type: ignore[attr-defined]
+            value = obj.get(upstream)
+            if value is None:
+                if canonical in self.required:
+                    raise InvalidEvent(MISSING_FIELD, f"field {upstream!r} is missing or null")
+                event[canonical] = None
+                continue
+            if canonical == "ts":
+                event["ts"] = self._timestamp(value, upstream)
+            elif canonical == "price":
+                event["price"] = _price(value, upstream)
+            elif canonical in _ID_FIELDS:
+                event[canonical] = _identifier(value, upstream)
+            else:
+                if not isinstance(value, str):
+                    raise InvalidEvent(
+                        WRONG_TYPE, f"field {upstream!r} must be a string, got {type(value).__name__}"
+                    )
+                event[canonical] = value
+        if event["user_id"] == "":
+            raise InvalidEvent(MISSING_FIELD, f"field {self.upstream_name('user_id')!r} is empty")
+        return event
+
+    def _timestamp(self, value: Any, name: str) -> int:
+        if isinstance(value, bool):
+            raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be epoch ms or ISO-8601, got bool")
+        if isinstance(value, int):
+            ts = value
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidEvent(NON_FINITE, f"field {name!r} is {value}")
+            ts = math.floor(value)
+        elif isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidEvent(
+                    BAD_TIMESTAMP, f"field {name!r}={value[:64]!r} is not ISO-8601"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            # Integer arithmetic: float seconds * 1000 would round some millisecond values.
+            whole = int(parsed.replace(microsecond=0).timestamp())
+            ts = whole * 1000 + parsed.microsecond // 1000
+        else:
+            raise InvalidEvent(
+                WRONG_TYPE, f"field {name!r} must be epoch ms or ISO-8601, got {type(value).__name__}"
+            )
+        if not self.min_ts_ms <= ts < self.max_ts_ms:
+            raise InvalidEvent(
+                BAD_TIMESTAMP,
+                f"field {name!r}={ts} ms is outside [{self.min_ts_ms}, {self.max_ts_ms})",
+            )
+        return ts
+
+
+def _identifier(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        if "\x00" in value:  # NUL-prefixed keys are reserved for engine metadata in the store
+            raise InvalidEvent(WRONG_TYPE, f"field {name!r} contains a NUL character")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be a string or integer, got {type(value).__name__}")
+
+
+def _price(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be a number, got {type(value).__name__}")
+    price = float(value)
+    if not math.isfinite(price):
+        raise InvalidEvent(NON_FINITE, f"field {name!r} is {value}")
+    if price < 0:
+        raise InvalidEvent(OUT_OF_RANGE, f"field {name!r}={price} is negative")
+    return price
