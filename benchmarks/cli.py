@@ -1,0 +1,207 @@
+"""``streamscore gen ...``: synthetic clickstream to a JSONL file or a Kafka topic."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from benchmarks.generator import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
+from benchmarks.loadgen import produce, write_jsonl
+
+__all__ = ["gen_app"]
+
+gen_app = typer.Typer(
+    help="Synthetic clickstream generator (seedable, with jitter, drift and bad-message injection).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# -- shared generation options ------------------------------------------------
+Users = Annotated[int, typer.Option("--users", min=1, help="Number of simulated users.")]
+Seed = Annotated[int, typer.Option("--seed", help="Master seed; same options + seed -> byte-identical output.")]
+Start = Annotated[str, typer.Option("--start", help="Simulation start, ISO-8601 (Z or offset; naive = UTC).")]
+JitterMs = Annotated[
+    float,
+    typer.Option(
+        "--jitter-ms",
+        min=0.0,
+        help="Scale (ms) of event-time jitter: ts = true time - jitter, jitter >= 0, capped at 8x scale. "
+        "0 = ts in emission order.",
+    ),
+]
+JitterDist = Annotated[str, typer.Option("--jitter-dist", help="Jitter distribution: exponential|uniform|halfnormal.")]
+LateFraction = Annotated[
+    float, typer.Option("--late-fraction", min=0.0, max=1.0, help="Fraction of events made very late.")
+]
+LateMs = Annotated[float, typer.Option("--late-ms", min=0.0, help="Late events lag by between 1x and 3x this many ms.")]
+BadFraction = Annotated[
+    float,
+    typer.Option("--bad-fraction", min=0.0, max=1.0, help="Fraction of messages replaced by bad payloads."),
+]
+BadKinds = Annotated[
+    str | None,
+    typer.Option("--bad-kinds", help=f"Comma-separated subset of bad kinds (default all): {','.join(BAD_KINDS)}."),
+]
+DriftOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--drift",
+        help="Drift injection KIND@AT[:k=v,...], repeatable. AT with a '.' is a fraction of --events, else an event "
+        "index. Kinds: mix_shift (device/referrer mix; params strength, <device>=w, <referrer>=w), "
+        "price_shift (factor=1.5), conversion_collapse (device=mobile, factor=0.02). "
+        "E.g. --drift price_shift@0.5:factor=1.5",
+    ),
+]
+Products = Annotated[int, typer.Option("--products", min=1, help="Catalogue size.")]
+
+
+def _config(
+    events: int | None,
+    users: int,
+    seed: int,
+    start: str,
+    jitter_ms: float,
+    jitter_dist: str,
+    late_fraction: float,
+    late_ms: float,
+    bad_fraction: float,
+    bad_kinds: str | None,
+    drift: list[str] | None,
+    products: int,
+) -> GeneratorConfig:
+    try:
+        kinds = tuple(k.strip() for k in bad_kinds.split(",") if k.strip()) if bad_kinds else BAD_KINDS
+        return GeneratorConfig(
+            n_events=events,
+            n_users=users,
+            seed=seed,
+            start=parse_time(start),
+            jitter_ms=jitter_ms,
+            jitter_dist=jitter_dist,
+            late_fraction=late_fraction,
+            late_ms=late_ms,
+            bad_fraction=bad_fraction,
+            bad_kinds=kinds,
+            drifts=tuple(Drift.parse(d) for d in (drift or [])),
+            n_products=products,
+        )
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _counted(gen: ClickstreamGenerator, bad: Counter[str]) -> Iterator[tuple[bytes, bytes]]:
+    for key, value, kind in gen.labelled_payloads():
+        if kind is not None:
+            bad[kind] += 1
+        yield key, value
+
+
+def _bad_note(bad: Counter[str]) -> str:
+    return f", {sum(bad.values()):,} bad ({', '.join(f'{k}={v}' for k, v in sorted(bad.items()))})" if bad else ""
+
+
+@gen_app.command()
+def history(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL path ('-' = stdout, .gz = gzip).")],
+    events: Annotated[int, typer.Option("--events", "-n", min=0, help="Number of messages to write.")] = 100_000,
+    users: Users = 2_000,
+    seed: Seed = 0,
+    start: Start = "2026-01-01T00:00:00Z",
+    jitter_ms: JitterMs = 0.0,
+    jitter_dist: JitterDist = "exponential",
+    late_fraction: LateFraction = 0.0,
+    late_ms: LateMs = 600_000.0,
+    bad_fraction: BadFraction = 0.0,
+    bad_kinds: BadKinds = None,
+    drift: DriftOpt = None,
+    products: Products = 5_000,
+) -> None:
+    """Write a synthetic clickstream history to a JSONL file, one message per line, in emission order.
+
+    Lines are in true-time (emission) order; `ts` is event time in epoch ms, lagging by the jitter.
+
+    With --bad-fraction some lines are replaced by bad messages (malformed JSON, wrong types, ...).
+    """
+    cfg = _config(
+        events, users, seed, start, jitter_ms, jitter_dist, late_fraction, late_ms, bad_fraction, bad_kinds, drift,
+        products,
+    )  # fmt: skip
+    bad: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    n = write_jsonl(out, _counted(ClickstreamGenerator(cfg), bad))
+    dt = time.perf_counter() - t0
+    typer.echo(
+        f"wrote {n:,} messages to {out}{_bad_note(bad)} in {dt:.2f}s ({n / max(dt, 1e-9):,.0f}/s), seed={seed}",
+        err=str(out) == "-",
+    )
+
+
+@gen_app.command()
+def stream(
+    bootstrap: Annotated[
+        str,
+        typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."),
+    ],
+    topic: Annotated[str, typer.Option("--topic", "-t", help="Target topic.")] = "clicks",
+    rate: Annotated[
+        float | None, typer.Option("--rate", "-r", min=0.0, help="Target events/s (omit or 0 = unthrottled).")
+    ] = None,
+    events: Annotated[int | None, typer.Option("--events", "-n", min=0, help="Stop after this many messages.")] = None,
+    seconds: Annotated[float | None, typer.Option("--seconds", min=0.0, help="Stop after this many seconds.")] = None,
+    users: Users = 2_000,
+    seed: Seed = 0,
+    start: Start = "2026-01-01T00:00:00Z",
+    jitter_ms: JitterMs = 0.0,
+    jitter_dist: JitterDist = "exponential",
+    late_fraction: LateFraction = 0.0,
+    late_ms: LateMs = 600_000.0,
+    bad_fraction: BadFraction = 0.0,
+    bad_kinds: BadKinds = None,
+    drift: DriftOpt = None,
+    products: Products = 5_000,
+    progress_every: Annotated[float, typer.Option("--progress-every", help="Seconds between progress lines.")] = 5.0,
+) -> None:
+    """Produce a synthetic clickstream to a Kafka topic, keyed by user_id, paced to --rate events/s.
+
+    Give --events and/or --seconds; whichever is reached first stops the run.
+
+    --seconds with --rate (no --events) sizes the stream to rate*seconds, so fractional --drift points work.
+
+    --seconds alone makes the stream endless; --drift then needs an event index.
+
+    Messages are in emission order; `ts` is event time in epoch ms, lagging by the jitter.
+
+    Bad payloads larger than the producer's message.max.bytes (e.g. oversize) are counted as rejected, not sent.
+    """
+    if events is None and seconds is None:
+        raise typer.BadParameter("give --events and/or --seconds")
+    rate = rate or None
+    n = events
+    if n is None and seconds is not None and rate is not None:
+        n = math.ceil(rate * seconds)
+    cfg = _config(
+        n, users, seed, start, jitter_ms, jitter_dist, late_fraction, late_ms, bad_fraction, bad_kinds, drift, products
+    )
+    bad: Counter[str] = Counter()
+    summary = produce(
+        bootstrap,
+        topic,
+        _counted(ClickstreamGenerator(cfg), bad),
+        rate=rate,
+        max_events=events,
+        max_seconds=seconds,
+        progress_every=progress_every,
+        log=sys.stderr,
+    )
+    typer.echo(
+        f"sent {summary.sent:,} messages to {topic}{_bad_note(bad)} in {summary.seconds:.2f}s "
+        f"({summary.rate:,.0f}/s achieved, target {rate or 'max'}), delivered {summary.delivered:,}, "
+        f"rejected oversize {summary.rejected_oversize:,}"
+    )
