@@ -1,0 +1,77 @@
+"""Wire formats the engine writes: score records and dead-letter records.
+
+Score record (topic `scores`, key = entity, value = JSON, `schema_version` 1):
+
+    {"schema_version": 1, "event_id": str, "entity": str, "score": float,
+     "model": {"name": str, "version": int}, "feature_spec": "fs-…",
+     "event_ts": int ms, "scored_ts": int ms, "variant": "champion"|"challenger"|"canary",
+     "guarantee": "at_least_once"|"exactly_once", "features": {name: float|null}?}
+
+Dead-letter record (topic `clicks.dlq`): key and value are the ORIGINAL bytes, untouched, so a
+fixed consumer can replay them; the why travels in headers:
+
+    reason            stable code (malformed_json, missing_field, …, late, empty)
+    error             human-readable detail
+    source.topic      input topic
+    source.partition  decimal
+    source.offset     decimal
+    source.timestamp  the input message's Kafka timestamp, ms, decimal
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+SCORE_SCHEMA_VERSION = 1
+
+
+def score_records(
+    events: Sequence[dict[str, Any]],
+    scores: np.ndarray,
+    entity_field: str,
+    model: dict[str, Any],
+    feature_spec: str,
+    variant: str,
+    guarantee: str,
+    scored_ts: int,
+    rows: np.ndarray | None = None,
+    feature_names: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Messages for `Producer.produce_batch`: one per event, key = entity, value = JSON."""
+    out = []
+    base = {"model": model, "feature_spec": feature_spec, "variant": variant, "guarantee": guarantee}
+    for i, (event, score) in enumerate(zip(events, scores.tolist())):
+        rec = {
+            "schema_version": SCORE_SCHEMA_VERSION,
+            "event_id": event["event_id"],
+            "entity": event[entity_field],
+            "score": score,
+            **base,
+            "event_ts": event["ts"],
+            "scored_ts": scored_ts,
+        }
+        if rows is not None:
+            rec["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(feature_names, rows[i].tolist())}
+        out.append({"key": event[entity_field].encode(), "value": orjson.dumps(rec)})
+    return out
+
+
+def dlq_headers(reason: str, error: str, topic: str, partition: int, offset: int, timestamp: int) -> list[tuple[str, bytes]]:
+    return [
+        ("reason", reason.encode()),
+        ("error", error.encode()[:4096]),
+        ("source.topic", topic.encode()),
+        ("source.partition", str(partition).encode()),
+        ("source.offset", str(offset).encode()),
+        ("source.timestamp", str(timestamp).encode()),
+    ]
+
+
+def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    """Decode Kafka headers to a str dict (for consumers of the DLQ and for tests)."""
+    return {k: v.decode() if v is not None else "" for k, v in (headers or [])}

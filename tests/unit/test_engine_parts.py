@@ -1,0 +1,94 @@
+"""Unit tests of engine parts that need no broker: config, records, latency, RocksDB store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from engine.config import ConfigError, EngineConfig, RocksDBConfig, config_from_mapping, load_config
+from engine.latency import LatencyRecorder
+from engine.records import dlq_headers, headers_dict, score_records
+from engine.store import PartitionStore
+
+
+def test_config_defaults_are_valid() -> None:
+    cfg = EngineConfig()
+    assert cfg.features.width > 0 and cfg.guarantee == "exactly_once"
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        ({"max_batch": 0}, "max_batch"),
+        ({"guarantee": "maybe"}, "guarantee"),
+        ({"bogus": 1}, "unknown config keys ['bogus']"),
+        ({"scores_topic": "clicks"}, "distinct"),
+        ({"rocksdb": {"compression": "gzip"}}, "rocksdb.compression"),
+        ({"schema": {"field_map": {"uid": "x"}}}, "unknown canonical fields"),
+        ({"features": {"features": [{"name": "a", "agg": "median", "window": {"kind": "tumbling", "size": "1m"}}]}},
+         "median"),
+    ],
+)
+def test_invalid_config_fails_fast_naming_the_key(raw: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        config_from_mapping(raw)
+
+
+def test_yaml_config_and_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("group_id: g1\nmax_batch: 7\nbootstrap_servers: file:1\nschema: {field_map: {user_id: uid}}\n")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "env:2")
+    cfg = load_config(path, max_batch=9)
+    assert (cfg.group_id, cfg.max_batch, cfg.bootstrap_servers) == ("g1", 9, "env:2")
+    assert cfg.schema.decode(b'{"event_id":"e","uid":"u1","event_type":"x","ts":1767225600000}')["user_id"] == "u1"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_score_records_carry_lineage_and_optional_features() -> None:
+    events = [{"event_id": "e1", "user_id": "u1", "ts": 5}, {"event_id": "e2", "user_id": "u2", "ts": 6}]
+    rows = np.array([[1.0, np.nan], [2.0, 3.0]], dtype=np.float32)
+    msgs = score_records(events, np.array([0.25, 0.75], dtype=np.float32), "user_id", {"name": "m", "version": 3},
+                         "fs-x", "champion", "at_least_once", 99, rows, ("a", "b"))
+    assert [m["key"] for m in msgs] == [b"u1", b"u2"]
+    rec = orjson.loads(msgs[0]["value"])
+    assert rec == {"schema_version": 1, "event_id": "e1", "entity": "u1", "score": 0.25,
+                   "model": {"name": "m", "version": 3}, "feature_spec": "fs-x", "variant": "champion",
+                   "guarantee": "at_least_once", "event_ts": 5, "scored_ts": 99, "features": {"a": 1.0, "b": None}}
+
+
+def test_dlq_headers_round_trip() -> None:
+    h = headers_dict(dlq_headers("late", "too old", "clicks", 3, 42, 1000))
+    assert h == {"reason": "late", "error": "too old", "source.topic": "clicks", "source.partition": "3",
+                 "source.offset": "42", "source.timestamp": "1000"}
+
+
+def test_latency_percentiles_within_bucket_error() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.exponential(80.0, 50_000)
+    rec = LatencyRecorder()
+    for chunk in np.array_split(values, 50):
+        rec.record(chunk)
+    assert rec.total == 50_000
+    for q in (50, 90, 99):
+        exact = np.percentile(values, q)
+        assert abs(rec.percentile(q) - exact) <= max(1.0, 0.03 * exact)
+    assert np.isnan(LatencyRecorder().percentile(50))
+
+
+def test_partition_store_batch_write_is_atomic_unit(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "clicks-0", RocksDBConfig(block_cache_mb=8))
+    assert store.read_meta() == (None, None)
+    store.write({"u1": b"s1", "u2": b"s2"}, b"123", 10)
+    assert store.multi_get(["u1", "u2", "u3"]) == {"u1": b"s1", "u2": b"s2", "u3": None}
+    store.write({"u1": None}, b"124", 12)
+    assert store.multi_get(["u1"]) == {"u1": None}
+    assert store.read_meta() == (b"124", 12)
+    assert store.entity_count() == 1
+    store.close()
+    reopened = PartitionStore(tmp_path / "clicks-0", RocksDBConfig())
+    assert reopened.read_meta() == (b"124", 12) and reopened.multi_get(["u2"]) == {"u2": b"s2"}
+    reopened.close()
