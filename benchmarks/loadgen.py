@@ -248,6 +248,8 @@ def produce(
 
     remaining = producer.flush(flush_timeout)
     seconds = time.monotonic() - t0
+    if hasattr(producer, "close"):
+        producer.close()
     if errors:
         raise DeliveryError(f"{len(errors)} message(s) failed delivery to {topic!r}; first: {errors[0]}")
     if remaining:

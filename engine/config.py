@@ -64,6 +64,8 @@ class EngineConfig:
             latency; output may repeat after a crash). See docs/architecture.md.
         transaction_timeout_ms: how long the broker keeps a dead process's open transaction
             before aborting it (exactly_once; a restart of the same instance aborts it at once).
+        session_timeout_ms: consumer-group session timeout: how soon a dead process's partitions
+            move to the survivors.
         instance_id: stable identity of this process for its transactional id; default derived
             from the absolute state_dir (one state_dir per process).
         state_dir: parent of the per-partition RocksDB stores.
@@ -89,6 +91,7 @@ class EngineConfig:
     batch_wait_ms: int = 50
     guarantee: str = "exactly_once"
     transaction_timeout_ms: int = 10_000
+    session_timeout_ms: int = 10_000
     instance_id: str | None = None
     state_dir: Path = field(default_factory=lambda: streamscore_home() / "state")
     registry: Path = field(default_factory=default_registry)
@@ -116,6 +119,8 @@ class EngineConfig:
         need(0 <= self.metrics_port <= 65535, f"metrics_port must be a port number or 0, got {self.metrics_port}")
         need(1_000 <= self.transaction_timeout_ms <= 900_000,
              f"transaction_timeout_ms must be in [1000, 900000], got {self.transaction_timeout_ms}")
+        need(3_000 <= self.session_timeout_ms <= 300_000,
+             f"session_timeout_ms must be in [3000, 300000], got {self.session_timeout_ms}")
         need(self.onnx_threads >= 1, f"onnx_threads must be >= 1, got {self.onnx_threads}")
         need(0 <= self.model_poll_ms <= 3_600_000, f"model_poll_ms must be in [0, 3600000], got {self.model_poll_ms}")
         need(isinstance(self.shadow, bool), f"shadow must be true or false, got {self.shadow!r}")

@@ -9,8 +9,11 @@ print what happened -> stop everything this command started.
 from __future__ import annotations
 
 import os
-import threading
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -19,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+import yaml
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from benchmarks.loadgen import produce, write_jsonl
-from engine.broker import LocalBroker
+from engine.broker import LocalBroker, free_port
 from engine.config import EngineConfig, streamscore_home
 from engine.records import headers_dict
-from engine.runner import ScoringEngine
 from engine.topics import TopicSpec, ensure_topics
 from models.pipeline import train_from_log
 
@@ -93,25 +96,39 @@ def run_demo(history_events: int = 60_000, live_seconds: float = 20.0, rate: int
 
         t = _step(5, f"Live: {rate:,} events/s for {live_seconds:.0f} s through the engine "
                      "(0.5 % malformed, some late)")
-        engine = ScoringEngine(cfg, bootstrap)
-        runner = threading.Thread(target=engine.run, name="engine", daemon=True)
-        runner.start()
-        live_start = HISTORY_START + timedelta(days=30)
-        live_cfg = replace(gen_cfg, n_events=None, seed=8, start=live_start, bad_fraction=0.005,
-                           late_fraction=0.002, late_ms=300_000.0)
-        sent = produce(bootstrap, cfg.input_topic, ClickstreamGenerator(live_cfg).payloads(), rate=rate,
-                       max_seconds=live_seconds, progress_every=5.0)
-        deadline = time.monotonic() + 60
-        while engine.stats.consumed < sent.sent and time.monotonic() < deadline and runner.is_alive():
-            time.sleep(0.1)  # a demo waiting for a background thread's counter; tests await events
-        engine.stop()
-        runner.join(60)
+        engine_yaml = run_dir / "engine.yaml"
+        metrics_port = free_port()
+        engine_yaml.write_text(yaml.safe_dump({
+            "bootstrap_servers": bootstrap, "group_id": cfg.group_id, "input_topic": cfg.input_topic,
+            "scores_topic": cfg.scores_topic, "dlq_topic": cfg.dlq_topic,
+            "state_dir": str(cfg.state_dir), "registry": str(cfg.registry), "metrics_port": metrics_port,
+        }))
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(engine_yaml), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            if not _await_ready(metrics_port, engine):
+                print("      the engine did not become ready (no partitions assigned within 60 s)")
+                return 1
+            live_start = HISTORY_START + timedelta(days=30)
+            live_cfg = replace(gen_cfg, n_events=None, seed=8, start=live_start, bad_fraction=0.005,
+                               late_fraction=0.002, late_ms=300_000.0)
+            sent = produce(bootstrap, cfg.input_topic, ClickstreamGenerator(live_cfg).payloads(), rate=rate,
+                           max_seconds=live_seconds, progress_every=5.0)
+            caught_up = _await_committed(bootstrap, cfg.group_id, cfg.input_topic, sent.sent, engine)
+        finally:
+            engine.send_signal(signal.SIGTERM)
+            out, _ = engine.communicate(timeout=60)
+        stats = orjson.loads(out.strip().splitlines()[-1]) if engine.returncode == 0 and out.strip() else {}
+        if not caught_up or engine.returncode != 0:
+            print(f"      engine exited with {engine.returncode}; caught up: {caught_up}")
+            return 1
         _done(t)
 
         _step(6, "Reading back the scores and dead letters")
         scores, dlq = _read_back(bootstrap, cfg)
-        stats = engine.stats.as_dict()
-        ok = _summary(sent.sent, stats, scores, dlq, engine, time.perf_counter() - wall0)
+        ok = _summary(sent.sent, stats, scores, dlq, time.perf_counter() - wall0)
         return 0 if ok else 1
     finally:
         if broker is not None and not keep_broker:
@@ -120,34 +137,66 @@ def run_demo(history_events: int = 60_000, live_seconds: float = 20.0, rate: int
 
 
 def _read_back(bootstrap: str, cfg: EngineConfig) -> tuple[list[dict[str, Any]], Counter[str]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{cfg.group_id}-reader",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    """Every committed score record and the DLQ reasons, read to the end of each partition
+    (counting records: the topics also hold transaction markers)."""
     scores: list[dict[str, Any]] = []
     dlq: Counter[str] = Counter()
-    try:
-        for topic, parts in ((cfg.scores_topic, PARTITIONS), (cfg.dlq_topic, 1)):
-            tps = [TopicPartition(topic, p, 0) for p in range(parts)]
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(parts)}
-            consumer.assign(tps)
-            remaining = sum(ends.values())
+    for topic, parts in ((cfg.scores_topic, PARTITIONS), (cfg.dlq_topic, 1)):
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{cfg.group_id}-reader",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "enable.partition.eof": True})
+        try:
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+            at_end: set[int] = set()
             deadline = time.monotonic() + 60
-            while remaining > 0 and time.monotonic() < deadline:
-                for m in consumer.consume(1000, timeout=1.0):
-                    if m.error():
+            while len(at_end) < parts and time.monotonic() < deadline:
+                for m in consumer.consume(1000, timeout=0.2):
+                    if m.error() is not None:
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            at_end.add(m.partition())
                         continue
-                    remaining -= 1
+                    at_end.discard(m.partition())
                     if topic == cfg.scores_topic:
                         scores.append(orjson.loads(m.value()))
                     else:
                         dlq[headers_dict(m.headers()).get("reason", "?")] += 1
-            consumer.unassign()
-    finally:
-        consumer.close()
+        finally:
+            consumer.close()
     return scores, dlq
 
 
+def _await_ready(port: int, engine: subprocess.Popen[str], timeout_s: float = 60.0) -> bool:
+    """Wait until the engine's /healthz reports assigned partitions (it has joined the group)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and engine.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if orjson.loads(resp.read()).get("assigned_partitions", 0) > 0:
+                    return True
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)  # polling another process's readiness
+    return False
+
+
+def _await_committed(bootstrap: str, group: str, topic: str, total: int, engine: subprocess.Popen[str],
+                     timeout_s: float = 120.0) -> bool:
+    """Wait until the engine's group has committed offsets for all `total` input messages."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and engine.poll() is None:
+            tps = probe.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+            if sum(max(tp.offset, 0) for tp in tps) >= total:
+                return True
+            time.sleep(0.25)  # polling another process's progress
+        return False
+    finally:
+        probe.close()
+
+
 def _summary(sent: int, stats: dict[str, Any], scores: list[dict[str, Any]], dlq: Counter[str],
-             engine: ScoringEngine, wall_s: float) -> bool:
+             wall_s: float) -> bool:
     values = np.array([s["score"] for s in scores]) if scores else np.zeros(0)
     accounted = len(scores) + sum(dlq.values())
     print("\n================ streamscore demo summary ================")
@@ -156,9 +205,11 @@ def _summary(sent: int, stats: dict[str, Any], scores: list[dict[str, Any]], dlq
     print(f"scores on the scores topic          : {len(scores):,}")
     print(f"dead-lettered                       : {sum(dlq.values()):,}  {dict(dlq)}")
     print(f"accounted for (scores + DLQ)        : {accounted:,} of {sent:,}")
-    print(f"engine throughput                   : {stats['events_per_second']:,.0f} events/s "
-          f"(paced by the {stats['seconds']:.0f} s live stream)")
-    print(f"end-to-end latency (produce->commit): {engine.latency.summary()}")
+    print(f"engine                              : {stats['batches']:,} micro-batches in {stats['seconds']:.0f} s, "
+          f"paced by the live stream ({stats['events_per_second']:,.0f} events/s over its lifetime)")
+    lat = stats["latency_ms"]
+    print(f"end-to-end latency, produce->commit : p50 {lat['p50']:.0f} ms  p90 {lat['p90']:.0f} ms  "
+          f"p99 {lat['p99']:.0f} ms")
     if scores:
         q = np.percentile(values, [50, 90, 99])
         model = scores[0]["model"]

@@ -151,6 +151,8 @@ class ScoringEngine:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5),
             "enable.partition.eof": False,
             "fetch.wait.max.ms": max(1, min(cfg.batch_wait_ms, 100)),
         })
@@ -230,6 +232,7 @@ class ScoringEngine:
         try:
             self._producer.flush(30)
             self._consumer.close()  # revokes (closing stores) and leaves the group
+            self._producer.close()
         finally:
             for part in self._partitions.values():
                 part.store.close()
