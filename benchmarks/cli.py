@@ -146,9 +146,10 @@ def history(
 @gen_app.command()
 def stream(
     bootstrap: Annotated[
-        str,
-        typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."),
-    ],
+        str | None,
+        typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                     help="Kafka bootstrap servers (default: the local broker of `streamscore broker start`)."),
+    ] = None,
     topic: Annotated[str, typer.Option("--topic", "-t", help="Target topic.")] = "clicks",
     rate: Annotated[
         float | None, typer.Option("--rate", "-r", min=0.0, help="Target events/s (omit or 0 = unthrottled).")
@@ -182,6 +183,14 @@ def stream(
     """
     if events is None and seconds is None:
         raise typer.BadParameter("give --events and/or --seconds")
+    if bootstrap is None:
+        from engine.broker import BrokerNotRunning, resolve_bootstrap
+
+        try:
+            bootstrap = resolve_bootstrap()
+        except BrokerNotRunning as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
     rate = rate or None
     n = events
     if n is None and seconds is not None and rate is not None:

@@ -191,7 +191,7 @@ class ScoringEngine:
     def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None,
             max_events: int | None = None) -> RunStats:
         """Process until stopped, `max_seconds` elapsed, `max_events` consumed, or no input for
-        `idle_exit_s` (after at least one message). Always closes cleanly (commit, close)."""
+        `idle_exit_s` (counted from the start until the first message). Always closes cleanly."""
         http = serve_http(self.metrics, self.cfg.metrics_port, self.cfg.metrics_host) if self.cfg.metrics_port else None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,7 +211,7 @@ class ScoringEngine:
                         self._publish_models()
                     self._process(msgs)
                     last_input = now
-                elif idle_exit_s is not None and self.stats.consumed and now - last_input >= idle_exit_s:
+                elif idle_exit_s is not None and now - last_input >= idle_exit_s:
                     break
                 if max_seconds is not None and now - start >= max_seconds:
                     break
