@@ -43,7 +43,10 @@ class EngineMetrics:
         )
         self.aborted_batches = Counter("streamscore_aborted_batches", "Batch transactions aborted", registry=r)
         self.assigned = Gauge("streamscore_assigned_partitions", "Input partitions owned", registry=r)
-        self.model_version = Gauge("streamscore_model_version", "Serving model version", ["name", "variant"], registry=r)
+        self.model_version = _VersionGauge(registry=r)
+        self.models_refused = Counter(
+            "streamscore_models_refused", "Model versions refused at load (hash, spec or input mismatch)", registry=r
+        )
         self.last_loop = time.monotonic()
         self.health_extra: dict[str, Any] = {}
 
@@ -54,6 +57,27 @@ class EngineMetrics:
         body = {"status": status, "seconds_since_loop": round(age, 3), "assigned_partitions": assigned,
                 **self.health_extra}
         return (200 if status == "ok" else 503), body
+
+
+class _VersionGauge:
+    """``streamscore_model_version{name, variant}``; a variant that stops serving is removed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._gauge = Gauge("streamscore_model_version", "Serving model version", ["name", "variant"],
+                            registry=registry)
+        self._names: dict[str, str] = {}
+
+    def labels(self, name: str, variant: str) -> Gauge:
+        old = self._names.get(variant)
+        if old is not None and old != name:
+            self._gauge.remove(old, variant)
+        self._names[variant] = name
+        return self._gauge.labels(name, variant)
+
+    def remove_variant(self, variant: str) -> None:
+        name = self._names.pop(variant, None)
+        if name is not None:
+            self._gauge.remove(name, variant)
 
 
 def serve_http(metrics: EngineMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:

@@ -126,6 +126,7 @@ class ScoringEngine:
         self._delivery_errors: list[str] = []
         self._changelog_next: dict[int, int] = {}
         self._counts = _BatchCounts()
+        self._refused_seen = 0
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
         producer_conf: dict[str, Any] = {
@@ -177,9 +178,15 @@ class ScoringEngine:
 
     def _publish_models(self) -> None:
         serving = self._router.describe()
-        for variant, ref in serving.items():
-            if isinstance(ref, dict) and "version" in ref:
+        for variant in ("champion", "challenger", "canary"):
+            ref = serving.get(variant)
+            if ref is None:  # a demoted variant must not keep reporting its last version
+                self.metrics.model_version.remove_variant(variant)
+            else:
                 self.metrics.model_version.labels(ref["name"], variant).set(ref["version"])
+        refused = serving["champion"].get("refused_total", 0)
+        self.metrics.models_refused.inc(refused - self._refused_seen)
+        self._refused_seen = refused
         self.metrics.health_extra["models"] = serving
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -206,9 +213,9 @@ class ScoringEngine:
                 msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
                 now = time.monotonic()
                 self.metrics.last_loop = now
+                if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
+                    self._publish_models()
                 if msgs:
-                    if self._router.refresh():
-                        self._publish_models()
                     self._process(msgs)
                     last_input = now
                 elif idle_exit_s is not None and now - last_input >= idle_exit_s:
@@ -411,12 +418,17 @@ class ScoringEngine:
     def _produce_changelog(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
         for partition, _, states, clock, next_offset in writes:
             msgs = changelog_messages(states, clock, next_offset, partition)
-            self._produce_batch(self._changelog, msgs, self._on_changelog_delivery)
+            # Changelog partition = input partition. produce_batch ignores a per-message
+            # "partition" (librdkafka only honours it with RD_KAFKA_MSG_F_PARTITION, which
+            # confluent-kafka does not set): only the batch-level argument routes.
+            self._produce_batch(self._changelog, msgs, self._on_changelog_delivery, partition=partition)
 
-    def _produce_batch(self, topic: str, records: list[dict[str, Any]], on_delivery: Any) -> None:
+    def _produce_batch(self, topic: str, records: list[dict[str, Any]], on_delivery: Any,
+                       partition: int | None = None) -> None:
+        route = {} if partition is None else {"partition": partition}
         while True:
             try:
-                queued = self._producer.produce_batch(topic, records, on_delivery=on_delivery)
+                queued = self._producer.produce_batch(topic, records, on_delivery=on_delivery, **route)
             except BufferError:
                 queued = 0
             if queued == len(records):

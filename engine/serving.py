@@ -52,6 +52,7 @@ CANARY_HASH_KEY = b"streamscore-canary-v1"
 MAX_REFUSALS = 20
 #: Entities whose canary bucket is remembered (cleared when full; ~150 B each).
 BUCKET_CACHE_MAX = 65_536
+_F32 = np.dtype(np.float32)
 #: Verified models kept loaded after they stop serving, so a rollback swaps without a reload.
 RETIRED_KEEP = 2
 
@@ -97,9 +98,10 @@ class ServingModel:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """P(label=1) for each row of a float32 [n, width] matrix: one ONNX Runtime call."""
-        if (type(rows) is np.ndarray and rows.dtype == np.float32 and rows.ndim == 2
-                and rows.shape[1] == self._width and rows.shape[0] and rows.flags.c_contiguous):
-            return self._session.run(self._outputs, {self._feeds_name: rows})[0]
+        if type(rows) is np.ndarray and rows.dtype is _F32:
+            shape = rows.shape
+            if len(shape) == 2 and shape[1] == self._width and shape[0] and rows.flags.c_contiguous:
+                return self._session.run(self._outputs, {self._feeds_name: rows})[0]
         return self.scorer.predict(rows)  # converts, validates the shape, handles n == 0
 
 

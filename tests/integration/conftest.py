@@ -157,6 +157,3 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
         return sum(max(tp.offset, 0) for tp in tps)
     finally:
         consumer.close()
-
-
-log_end_total = record_count  # TODO(lead): remove once test_model_lifecycle.py uses record_count
