@@ -83,7 +83,7 @@ def run(
     """
     import orjson
 
-    from engine.runner import ScoringEngine
+    from engine.runner import ScoringEngine, TopicsMissing
     from engine.serving import ModelUnavailable
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,7 +92,7 @@ def run(
     bootstrap = _bootstrap(cfg.bootstrap_servers)
     try:
         engine = ScoringEngine(cfg, bootstrap)
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, TopicsMissing) as exc:
         _fail(str(exc))
     stats = engine.run(max_seconds=max_seconds, idle_exit_s=idle_exit, max_events=max_events)
     typer.echo(orjson.dumps(stats.as_dict()).decode())
