@@ -10,17 +10,29 @@ entity). A JSON list, encoded with orjson (exact float round-trip):
     [LAYOUT, last_seen_ts, session_id, session_depth, recency_prev_ts..., panes_w0, panes_w1, ...]
 
 ``panes_wi`` is the list of panes of the i-th distinct window, sorted by start time; a pane is
-``[start_ms, slot0, slot1, ...]`` where the slots are the accumulators that window's features
-need (count, non-null count, sum, min, max, distinct list, [ts, last value]). A window's value is
-the merge of the panes it covers, always merged in ascending start order so floating-point sums
-are reproducible.
+``[start_ms, slot1, slot2, ...]`` where the slots are the accumulators that window's features
+need (count, non-null count, sum, min, max, distinct list, [ts, last value]), in order of first
+use by the spec's features. A window's value is the merge of the panes it covers, always merged
+in ascending start order so floating-point sums are reproducible (docs/features.md).
+
+How it is fast. The spec is known at construction, so instead of interpreting a per-slot program
+for every event, `FeatureComputer` generates the Python source of two functions specialised to
+the spec (see `_Codegen`) and compiles them once:
+
+- ``update(state, event)``: straight-line code. Each event field is read once, each distinct
+  ``where`` filter is tested once per window, the pane of the event is found with an in-order fast
+  path (last pane, or a new pane appended), every window's covered panes are merged in one loop
+  (the tumbling case reads its single pane directly), and the row is a list display of locals.
+- ``prune(state, watermark)``: drops the panes no event at or after the watermark can read.
+
+The generated source is kept in `FeatureComputer.source` (print it to see exactly what runs).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -41,15 +53,18 @@ NAN = math.nan
 
 # Slot kinds. A slot is one accumulator inside a pane.
 _N, _NV, _SUM, _MIN, _MAX, _SET, _LAST = "n", "nv", "sum", "min", "max", "set", "last"
-_SLOT_INIT: dict[str, Callable[[], Any]] = {
-    _N: lambda: 0,
-    _NV: lambda: 0,
-    _SUM: lambda: 0.0,
-    _MIN: lambda: None,
-    _MAX: lambda: None,
-    _SET: list,
-    _LAST: lambda: None,
-}
+# Source of a fresh slot value in a new pane.
+_SLOT_INIT = {_N: "0", _NV: "0", _SUM: "0.0", _MIN: "None", _MAX: "None", _SET: "[]", _LAST: "None"}
+
+_START = itemgetter(0)
+
+
+def _insert_pane(panes: list[list[Any]], pane: list[Any]) -> int:
+    """Out-of-order slow path: index of the pane starting at ``pane[0]``, inserting `pane` if none."""
+    i = bisect_left(panes, pane[0], key=_START)
+    if i == len(panes) or panes[i][0] != pane[0]:
+        panes.insert(i, pane)
+    return i
 
 
 class _WindowPlan:
@@ -81,9 +96,304 @@ class _WindowPlan:
             return ts - self.size + 1
         return self.pane_start(ts) - (self.span - 1) * self.pane
 
-    def read_hi(self, ts: int) -> int:
-        """Largest pane start the window of an event at `ts` covers."""
-        return ts if self.kind == "sliding" else self.pane_start(ts)
+    # Source-code versions of the same arithmetic, for the generated functions.
+    def start_src(self, ts: str) -> str:
+        return ts if self.pane == 1 else f"{ts} - {ts} % {self.pane}"
+
+    def lo_src(self, start: str) -> str:
+        """Lowest covered pane start, given the source of the event's own pane start."""
+        if self.kind == "sliding":
+            return f"{start} - {self.size - 1}"
+        return f"{start} - {(self.span - 1) * self.pane}"
+
+
+class _Codegen:
+    """Writes the source of the spec-specialised ``update`` and ``prune`` functions.
+
+    Names in the generated code: ``ts``, ``etype``, ``f_<field>`` (event fields, read once),
+    ``panes``/``pane``/``k`` (current window's pane list, the event's pane and its index),
+    ``w<i>_<slot>`` (merged slot values of window i), ``c<col>`` (output columns). Constants the
+    code needs (where-sets, category strings) are passed in the namespace as ``K<n>``.
+    """
+
+    def __init__(self, comp: FeatureComputer) -> None:
+        self.c = comp
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+
+    def const(self, value: Any) -> str:
+        for name, v in self.consts.items():
+            if v == value and type(v) is type(value):
+                return name
+        name = f"K{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def num(self, value: Any) -> str:
+        """Source of a number: an int literal, anything else as a named constant."""
+        return str(value) if type(value) is int else self.const(value)
+
+    def emit(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def test(self, where: frozenset[str] | None) -> str | None:
+        """Source of the condition "the event matches `where`" (None: no filter)."""
+        if where is None:
+            return None
+        if len(where) == 1:
+            return f"etype == {next(iter(where))!r}"
+        return f"etype in {self.const(where)}"
+
+    @staticmethod
+    def var(field: str) -> str:
+        return f"f_{field}"
+
+    # -- update ---------------------------------------------------------------------------------
+
+    def update(self) -> str:
+        c = self.c
+        e = self.emit
+        e(0, "def update(state, event):")
+        if c._cached:
+            e(1, f"if len(state) == {c._size}:")
+            e(2, f"cache = [None] * {len(c._plans)}; state.append(cache)")
+            e(1, "else:")
+            e(2, f"cache = state[{c._size}]")
+        e(1, "ts = event['ts']")
+        e(1, "etype = event['event_type']")
+        for f in sorted(c._fields):
+            assert f.isidentifier(), f
+            e(1, f"{self.var(f)} = etype" if f == "event_type" else f"{self.var(f)} = event.get({f!r})")
+        # Entity memory: idle TTL, session, recency (exactly as docs/features.md says).
+        e(1, "last_seen = state[1]")
+        e(1, f"if last_seen is not None and ts - last_seen > {self.num(c._idle_ttl)}:")
+        resets = ["state[2] = None", "state[3] = 0"] + [f"state[{4 + i}] = None" for i in range(len(c._recency))]
+        e(2, "; ".join(resets))
+        e(1, "state[1] = ts if last_seen is None or ts > last_seen else last_seen")
+        e(1, "session = f_session_id" if "session_id" in c._fields else "session = event.get('session_id')")
+        e(1, "if state[3] and state[2] == session:")
+        e(2, "state[3] += 1")
+        e(1, "else:")
+        e(2, "state[2] = session; state[3] = 1")
+        for i, where in enumerate(c._recency):
+            at = 4 + i
+            e(1, f"prev = state[{at}]")
+            e(1, "if prev is None:")
+            e(2, f"r{i} = NAN")
+            cond = self.test(where)
+            e(2, f"state[{at}] = ts" if cond is None else f"if {cond}: state[{at}] = ts")
+            e(1, "else:")
+            e(2, f"r{i} = (ts - prev) / 1000.0 if ts > prev else 0.0")
+            e(2, "if ts > prev" + ("" if cond is None else f" and {cond}") + f": state[{at}] = ts")
+        for wi, plan in enumerate(c._plans):
+            self.window(wi, plan)
+        self.columns()
+        return "\n".join(self.lines)
+
+    def window(self, wi: int, plan: _WindowPlan) -> None:
+        e = self.emit
+        c = self.c
+        cached = plan.span > 1  # hopping: reads several panes, worth a prefix cache (below)
+        e(1, f"# window {wi}: {plan.window.kind} size={plan.size} pane={plan.pane}")
+        e(1, f"panes = state[{c._panes_at + wi}]")
+        e(1, f"start = {plan.start_src('ts')}")
+        init = ", ".join(["start"] + [_SLOT_INIT[k] for k, _, _ in plan.slots])
+        e(1, "k = len(panes) - 1")
+        e(1, "if k >= 0 and panes[k][0] == start:")  # in order, same pane as the last event
+        e(2, "pane = panes[k]")
+        if cached:
+            e(2, f"C = cache[{wi}]")
+            e(2, "if C is not None and C[0] != start: C = None")
+        e(1, "elif k < 0 or panes[k][0] < start:")  # in order, a new pane
+        e(2, f"pane = [{init}]; panes.append(pane); k += 1")
+        if cached:
+            e(2, "C = None")
+        e(1, "else:")  # out of order: an older pane changes, so the cached prefix may be stale
+        e(2, f"k = _insert_pane(panes, [{init}]); pane = panes[k]")
+        if cached:
+            e(2, f"C = cache[{wi}] = None")
+        # Slot updates, grouped by filter so each distinct `where` is tested once.
+        groups: dict[frozenset[str] | None, list[tuple[int, str, str | None]]] = {}
+        for idx, (kind, fld, where) in enumerate(plan.slots, start=1):
+            groups.setdefault(where, []).append((idx, kind, fld))
+        for where, slots in groups.items():
+            cond = self.test(where)
+            depth = 1
+            if cond is not None:
+                e(1, f"if {cond}:")
+                depth = 2
+            by_field: dict[str | None, list[tuple[int, str]]] = {}
+            for idx, kind, fld in slots:
+                by_field.setdefault(None if kind == _N else fld, []).append((idx, kind))
+            for fld, items in by_field.items():
+                d = depth
+                if fld is not None:
+                    v = self.var(fld)
+                    e(depth, f"if {v} is not None:")
+                    d = depth + 1
+                for idx, kind in items:
+                    self.slot_update(d, idx, kind, None if fld is None else self.var(fld))
+        names = [f"w{wi}_{idx}" for idx in range(1, len(plan.slots) + 1)]
+        if not cached:
+            if plan.span == 1:  # tumbling (or hop == size): the event's pane is the window
+                e(1, f"{', '.join(names)}{',' if len(names) == 1 else ''} = pane[1:]")
+            else:
+                self.merge_sliding(plan, names)
+            return
+        # Hopping. The covered panes are the event's pane plus the ones below it back to `lo`.
+        # C = [start, prefix slots...]: the fold of the panes below, which the next events of the
+        # same pane reuse (cache[wi], in memory only: see FeatureComputer). Sums stay exact:
+        # (fold of lower panes) + own pane is the ascending fold. Distinct slots hold the union of
+        # all covered panes (own pane included), kept up to date as values arrive.
+        e(1, "if C is None:")
+        e(2, f"lo = {plan.lo_src('start')}")
+        e(2, "i = k")
+        e(2, "while i and panes[i - 1][0] >= lo:")
+        e(3, "i -= 1")
+        pre = [f"a{idx}" for idx in range(1, len(plan.slots) + 1)]
+        e(2, "; ".join(f"{a} = {'set()' if kind == _SET else _SLOT_INIT[kind]}"
+                       for a, (kind, _, _) in zip(pre, plan.slots)))
+        e(2, "for q in panes[i:k]:")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            self.fold(3, pre[idx - 1], kind, f"q[{idx}]")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            if kind == _SET:
+                e(2, f"{pre[idx - 1]}.update(pane[{idx}])")
+        e(2, f"C = [start, {', '.join(pre)}]")
+        e(2, f"if k == len(panes) - 1: cache[{wi}] = C")
+        sets = [(idx, fld, where) for idx, (kind, fld, where) in enumerate(plan.slots, start=1) if kind == _SET]
+        if sets:
+            e(1, "else:")
+            for idx, fld, where in sets:
+                v = self.var(fld)  # type: ignore[arg-type]
+                cond = self.test(where)
+                e(2, f"if {v} is not None{'' if cond is None else ' and ' + cond}: C[{idx}].add({v})")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            n = names[idx - 1]
+            if kind in (_N, _NV, _SUM):
+                e(1, f"{n} = C[{idx}] + pane[{idx}]")
+            elif kind == _SET:
+                e(1, f"{n} = C[{idx}]")
+            else:
+                e(1, f"{n} = C[{idx}]")
+                self.fold(1, n, kind, f"pane[{idx}]")
+
+    def fold(self, d: int, acc: str, kind: str, item: str) -> None:
+        """Fold the slot value `item` of the next (higher) pane into `acc`."""
+        e = self.emit
+        if kind in (_N, _NV, _SUM):
+            e(d, f"{acc} += {item}")
+        elif kind == _SET:
+            e(d, f"{acc}.update({item})")
+        elif kind == _MIN:
+            e(d, f"x = {item}")
+            e(d, f"if x is not None and ({acc} is None or x < {acc}): {acc} = x")
+        elif kind == _MAX:
+            e(d, f"x = {item}")
+            e(d, f"if x is not None and ({acc} is None or x > {acc}): {acc} = x")
+        else:  # _LAST: panes are disjoint in time, so a higher pane's value is later
+            e(d, f"x = {item}")
+            e(d, f"if x is not None: {acc} = x")
+
+    def merge_sliding(self, plan: _WindowPlan, names: list[str]) -> None:
+        """Sliding: fold the panes from the lowest covered one up to the event's, ascending, so
+        sums are ((p_i + p_i+1) + ...) exactly as the contract fixes them."""
+        e = self.emit
+        e(1, f"lo = {plan.lo_src('start')}")
+        e(1, "i = k")
+        e(1, "while i and panes[i - 1][0] >= lo:")
+        e(2, "i -= 1")
+        e(1, "q = panes[i]")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            n = names[idx - 1]
+            e(1, f"{n} = set(q[{idx}])" if kind == _SET else f"{n} = q[{idx}]")
+        e(1, "for q in panes[i + 1:k + 1]:")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            self.fold(2, names[idx - 1], kind, f"q[{idx}]")
+
+    def slot_update(self, d: int, idx: int, kind: str, v: str | None) -> None:
+        e = self.emit
+        if kind in (_N, _NV):
+            e(d, f"pane[{idx}] += 1")
+        elif kind == _SUM:
+            e(d, f"pane[{idx}] += {v}")
+        elif kind == _MIN:
+            e(d, f"x = pane[{idx}]")
+            e(d, f"if x is None or {v} < x: pane[{idx}] = {v}")
+        elif kind == _MAX:
+            e(d, f"x = pane[{idx}]")
+            e(d, f"if x is None or {v} > x: pane[{idx}] = {v}")
+        elif kind == _SET:
+            e(d, f"x = pane[{idx}]")
+            e(d, f"if {v} not in x: x.append({v})")
+        else:  # _LAST: the value of the greatest event time; ties: processed last
+            e(d, f"x = pane[{idx}]")
+            e(d, f"if x is None or ts >= x[0]: pane[{idx}] = [ts, {v}]")
+
+    def columns(self) -> None:
+        e = self.emit
+        out: list[str] = []
+        for what, col, arg in self.c._columns:
+            if what == "agg":
+                wi, agg, slots = arg
+                s = [f"w{wi}_{i}" for i in slots]
+                if agg in ("count", "sum"):
+                    e(1, f"c{col} = float({s[0]})")
+                elif agg == "mean":
+                    e(1, f"c{col} = {s[0]} / {s[1]} if {s[1]} else NAN")
+                elif agg == "distinct":
+                    e(1, f"c{col} = float(len({s[0]}))")
+                elif agg == "last":
+                    e(1, f"c{col} = float({s[0]}[1]) if {s[0]} is not None else NAN")
+                else:  # min / max
+                    e(1, f"c{col} = float({s[0]}) if {s[0]} is not None else NAN")
+                out.append(f"c{col}")
+            elif what == "ratio":
+                num, den = arg
+                e(1, f"c{col} = c{num} / c{den} if c{den} != 0.0 and c{den} == c{den} else NAN")
+                out.append(f"c{col}")
+            elif what == "recency":
+                e(1, f"c{col} = r{arg}")
+                out.append(f"c{col}")
+            elif what == "session":
+                e(1, f"c{col} = float(state[3])")
+                out.append(f"c{col}")
+            elif what == "current":
+                v = self.var(arg)
+                e(1, f"c{col} = float({v}) if {v} is not None else NAN")
+                out.append(f"c{col}")
+            else:  # onehot
+                fld, cats = arg
+                v = self.var(fld)
+                for j, cat in enumerate(cats):
+                    lit = repr(cat) if isinstance(cat, str) else self.const(cat)
+                    e(1, f"c{col + j} = 1.0 if {v} == {lit} else 0.0")
+                    out.append(f"c{col + j}")
+        e(1, f"return [{', '.join(out)}]")
+
+    # -- prune ----------------------------------------------------------------------------------
+
+    def prune(self) -> str:
+        c = self.c
+        e = self.emit
+        self.lines = []
+        e(0, "def prune(state, watermark):")
+        e(1, f"del state[{c._size}:]  # drop the in-memory merge caches")
+        e(1, "empty = True")
+        for wi, plan in enumerate(c._plans):
+            e(1, f"panes = state[{c._panes_at + wi}]")
+            e(1, "if panes:")
+            e(2, f"lo = {plan.lo_src(plan.start_src('watermark'))}")
+            e(2, "if panes[0][0] < lo:")
+            e(3, "i = 1; n = len(panes)")
+            e(3, "while i < n and panes[i][0] < lo:")
+            e(4, "i += 1")
+            e(3, "del panes[:i]")
+            e(2, "if panes:")
+            e(3, "empty = False")
+        e(1, "last_seen = state[1]")
+        e(1, f"return empty and (last_seen is None or watermark - last_seen > {self.num(c._idle_ttl)})")
+        return "\n".join(self.lines)
 
 
 class FeatureComputer:
@@ -101,6 +411,7 @@ class FeatureComputer:
         self._plans: list[_WindowPlan] = [_WindowPlan(w) for w in spec.windows]
         plan_of = {p.window: i for i, p in enumerate(self._plans)}
         self._recency: list[frozenset[str] | None] = []
+        self._fields: set[str] = set()  # event fields the features read (besides ts, event_type)
         # Column programs: evaluated in order; each writes row[col]. Ratios come after their inputs.
         self._columns: list[tuple[str, int, Any]] = []
         col = 0
@@ -110,6 +421,8 @@ class FeatureComputer:
                 wi = plan_of[f.window]
                 where = frozenset(f.where) if f.where is not None else None
                 plan = self._plans[wi]
+                if f.field is not None:
+                    self._fields.add(f.field)
                 if f.agg == "count":
                     arg: Any = (plan.slot(_N, None, where),)
                 elif f.agg in ("sum", "mean"):
@@ -131,188 +444,60 @@ class FeatureComputer:
             elif isinstance(f, SessionDepth):
                 self._columns.append(("session", col, None))
             elif isinstance(f, CurrentValue):
+                self._fields.add(f.field)
                 self._columns.append(("current", col, f.field))
             elif isinstance(f, OneHot):
+                self._fields.add(f.field)
                 self._columns.append(("onehot", col, (f.field, f.categories)))
             for n in f.names if isinstance(f, OneHot) else (f.name,):
                 name_col[n] = col
                 col += 1
         self._panes_at = 4 + len(self._recency)  # index of panes_w0 in the state list
-        # Per window: the slot-update program [(index, kind, field, where)].
-        self._updates = [
-            [(i + 1, k, fld, wh) for i, (k, fld, wh) in enumerate(p.slots)] for p in self._plans
-        ]
-        self._init = [[_SLOT_INIT[k] for k, _, _ in p.slots] for p in self._plans]
+        self._size = self._panes_at + len(self._plans)  # length of the stored record
+        self._cached = any(p.span > 1 for p in self._plans)
+
+        gen = _Codegen(self)
+        update_src = gen.update()
+        prune_src = gen.prune()
+        self.source = f"{update_src}\n\n\n{prune_src}\n"
+        namespace: dict[str, Any] = {"NAN": NAN, "_insert_pane": _insert_pane, **gen.consts}
+        exec(compile(self.source, f"<features.compute {spec.hash}>", "exec"), namespace)
+        self._update = namespace["update"]
+        self._prune = namespace["prune"]
+        if type(self).update is FeatureComputer.update:
+            # Hot path: the executor calls `computer.update` per event; bind the generated
+            # function directly (no method indirection) unless a subclass overrides it.
+            self.update = self._update  # type: ignore[method-assign]
 
     # -- state ------------------------------------------------------------------------------
 
     def new_state(self) -> list[Any]:
         return [LAYOUT, None, None, 0, *([None] * len(self._recency)), *([] for _ in self._plans)]
 
-    @staticmethod
-    def encode(state: list[Any]) -> bytes:
-        return orjson.dumps(state)
+    def encode(self, state: list[Any]) -> bytes:
+        # A state being updated may carry in-memory merge caches after the record: not stored.
+        return orjson.dumps(state if len(state) == self._size else state[: self._size])
 
     def decode(self, raw: bytes) -> list[Any]:
         state = orjson.loads(raw)
-        if not isinstance(state, list) or not state or state[0] != LAYOUT:
-            raise ValueError(f"entity state has layout {state[0] if state else None!r}, expected {LAYOUT}")
+        if type(state) is not list or not state or state[0] != LAYOUT:
+            found = state[0] if isinstance(state, list) and state else type(state).__name__
+            raise ValueError(f"entity state has layout {found!r}, expected {LAYOUT}")
         return state
+
+    def pane_starts(self, state: list[Any]) -> list[list[int]]:
+        """Start times of the stored panes of each distinct window (`spec.windows` order)."""
+        return [[p[0] for p in state[self._panes_at + i]] for i in range(len(self._plans))]
 
     # -- the hot path -----------------------------------------------------------------------
 
     def update(self, state: list[Any], event: dict[str, Any]) -> list[float]:
         """Apply `event` to `state` (in place) and return its feature row (Python floats).
 
-        The row is the state *as of this event, including it*.
+        The row is the state *as of this event, including it*. (The generated function; see
+        `source`.)
         """
-        ts: int = event["ts"]
-        etype = event["event_type"]
-        last_seen = state[1]
-        if last_seen is not None and ts - last_seen > self._idle_ttl:
-            # Idle past the TTL: entity-level memory is forgotten (exactly as if the record had
-            # been expired and deleted, which the engine may or may not have done yet).
-            state[2], state[3] = None, 0
-            for i in range(len(self._recency)):
-                state[4 + i] = None
-        state[1] = ts if last_seen is None or ts > last_seen else last_seen
-        session = event.get("session_id")
-        if state[3] and state[2] == session:
-            state[3] += 1
-        else:
-            state[2], state[3] = session, 1
-        recency_values = []
-        for i, where in enumerate(self._recency):
-            prev = state[4 + i]
-            recency_values.append(NAN if prev is None else max(0, ts - prev) / 1000.0)
-            if where is None or etype in where:
-                state[4 + i] = ts if prev is None or ts > prev else prev
-
-        merged = []
-        base = self._panes_at
-        for wi, plan in enumerate(self._plans):
-            panes: list[list[Any]] = state[base + wi]
-            start = plan.pane_start(ts)
-            pane = self._pane_for(panes, start, wi)
-            for idx, kind, fld, where in self._updates[wi]:
-                if where is not None and etype not in where:
-                    continue
-                if kind == _N:
-                    pane[idx] += 1
-                    continue
-                value = event.get(fld)  # type: ignore[arg-type]
-                if value is None:
-                    continue
-                if kind == _SUM:
-                    pane[idx] += value
-                elif kind == _NV:
-                    pane[idx] += 1
-                elif kind == _MIN:
-                    if pane[idx] is None or value < pane[idx]:
-                        pane[idx] = value
-                elif kind == _MAX:
-                    if pane[idx] is None or value > pane[idx]:
-                        pane[idx] = value
-                elif kind == _SET:
-                    if value not in pane[idx]:
-                        pane[idx].append(value)
-                else:  # _LAST
-                    cur = pane[idx]
-                    if cur is None or ts >= cur[0]:
-                        pane[idx] = [ts, value]
-            merged.append(self._merge(plan, panes, ts))
-
-        row = [0.0] * self.width
-        for what, col, arg in self._columns:
-            if what == "agg":
-                wi, agg, slots = arg
-                m = merged[wi]
-                if agg == "count":
-                    row[col] = float(m[slots[0]])
-                elif agg == "sum":
-                    row[col] = float(m[slots[0]])
-                elif agg == "mean":
-                    nv = m[slots[1]]
-                    row[col] = m[slots[0]] / nv if nv else NAN
-                elif agg == "distinct":
-                    row[col] = float(len(m[slots[0]]))
-                elif agg == "last":
-                    v = m[slots[0]]
-                    row[col] = float(v[1]) if v is not None else NAN
-                else:  # min / max
-                    v = m[slots[0]]
-                    row[col] = float(v) if v is not None else NAN
-            elif what == "ratio":
-                den = row[arg[1]]
-                row[col] = row[arg[0]] / den if den != 0.0 and den == den else NAN
-            elif what == "recency":
-                row[col] = recency_values[arg]
-            elif what == "session":
-                row[col] = float(state[3])
-            elif what == "current":
-                v = event.get(arg)
-                row[col] = float(v) if v is not None else NAN
-            else:  # onehot
-                fld, cats = arg
-                v = event.get(fld)
-                for j, c in enumerate(cats):
-                    row[col + j] = 1.0 if v == c else 0.0
-        return row
-
-    def _pane_for(self, panes: list[list[Any]], start: int, wi: int) -> list[Any]:
-        if panes and panes[-1][0] == start:  # the common in-order case
-            return panes[-1]
-        if not panes or panes[-1][0] < start:
-            pane = [start, *(init() for init in self._init[wi])]
-            panes.append(pane)
-            return pane
-        i = bisect_left(panes, start, key=lambda p: p[0])
-        if i < len(panes) and panes[i][0] == start:
-            return panes[i]
-        pane = [start, *(init() for init in self._init[wi])]
-        panes.insert(i, pane)
-        return pane
-
-    def _merge(self, plan: _WindowPlan, panes: list[list[Any]], ts: int) -> list[Any]:
-        """Merged slots over the panes the window of an event at `ts` covers (ascending start)."""
-        lo, hi = plan.read_lo(ts), plan.read_hi(ts)
-        if plan.span == 1:  # tumbling: exactly one pane, already present
-            i = bisect_left(panes, lo, key=lambda p: p[0])
-            return panes[i]
-        i = bisect_left(panes, lo, key=lambda p: p[0])
-        j = i
-        n = len(panes)
-        while j < n and panes[j][0] <= hi:
-            j += 1
-        covered = panes[i:j]
-        if len(covered) == 1:
-            return covered[0]
-        out: list[Any] = [lo]
-        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
-            if kind in (_N, _NV, _SUM):
-                acc = covered[0][idx]
-                for p in covered[1:]:
-                    acc += p[idx]
-                out.append(acc)
-            elif kind == _MIN:
-                vals = [p[idx] for p in covered if p[idx] is not None]
-                out.append(min(vals) if vals else None)
-            elif kind == _MAX:
-                vals = [p[idx] for p in covered if p[idx] is not None]
-                out.append(max(vals) if vals else None)
-            elif kind == _SET:
-                union: set[Any] = set()
-                for p in covered:
-                    union.update(p[idx])
-                out.append(union)
-            else:  # _LAST: greatest event time; panes are disjoint in time so no ties across panes
-                best = None
-                for p in covered:
-                    v = p[idx]
-                    if v is not None and (best is None or v[0] >= best[0]):
-                        best = v
-                out.append(best)
-        return out
+        return self._update(state, event)
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -323,15 +508,4 @@ class FeatureComputer:
         Invisible to feature values by construction: a non-late event has ts >= watermark, and
         every window's lowest covered pane start is monotonic in ts.
         """
-        base = self._panes_at
-        empty = True
-        for wi, plan in enumerate(self._plans):
-            panes = state[base + wi]
-            lo = plan.read_lo(watermark)
-            if panes and panes[0][0] < lo:
-                i = bisect_left(panes, lo, key=lambda p: p[0])
-                del panes[:i]
-            if panes:
-                empty = False
-        last_seen = state[1]
-        return empty and (last_seen is None or watermark - last_seen > self._idle_ttl)
+        return self._prune(state, watermark)

@@ -55,6 +55,7 @@ CANONICAL_FIELDS: tuple[str, ...] = (
 )
 _ID_FIELDS = frozenset({"event_id", "user_id", "session_id", "product_id"})
 _STR_FIELDS = frozenset({"event_type", "page", "device", "country", "referrer"})
+_STR, _ID, _TS, _PRICE = "str", "id", "ts", "price"  # how a field is checked
 
 # Reason codes. Stable: they appear in dead-letter records and metric labels.
 OVERSIZE = "oversize"
@@ -119,10 +120,10 @@ class EventSchema:
                 raise ValueError(f"schema.required must include {must!r}: features are keyed by it")
         if self.max_bytes <= 0 or self.min_ts_ms >= self.max_ts_ms:
             raise ValueError("schema limits must satisfy max_bytes > 0 and min_ts_ms < max_ts_ms")
-        # Precomputed (canonical, upstream) pairs: the decode loop is hot.
-        object.__setattr__(
-            self, "_pairs", tuple((c, self.field_map.get(c, c)) for c in CANONICAL_FIELDS)
-        )
+        # Precomputed (canonical, upstream, kind, required) per field: the decode loop is hot.
+        kinds = {"ts": _TS, "price": _PRICE} | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
+        object.__setattr__(self, "_plan", tuple(
+            (c, self.field_map.get(c, c), kinds[c], c in self.required) for c in CANONICAL_FIELDS))
 
     def upstream_name(self, canonical: str) -> str:
         """The upstream field name that carries `canonical`."""
@@ -143,25 +144,30 @@ class EventSchema:
     def from_mapping(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Validate an already-parsed upstream object (as `decode` does after parsing)."""
         event: dict[str, Any] = {}
-        for canonical, upstream in self._pairs:  # type: ignore[attr-defined]
-            value = obj.get(upstream)
+        get = obj.get
+        lo, hi = self.min_ts_ms, self.max_ts_ms
+        for canonical, upstream, kind, required in self._plan:  # type: ignore[attr-defined]
+            value = get(upstream)
             if value is None:
-                if canonical in self.required:
+                if required:
                     raise InvalidEvent(MISSING_FIELD, f"field {upstream!r} is missing or null")
                 event[canonical] = None
-                continue
-            if canonical == "ts":
-                event["ts"] = self._timestamp(value, upstream)
-            elif canonical == "price":
-                event["price"] = _price(value, upstream)
-            elif canonical in _ID_FIELDS:
-                event[canonical] = _identifier(value, upstream)
-            else:
-                if not isinstance(value, str):
+            # Each branch tries the common well-formed case inline, then the general checks.
+            elif kind is _STR:
+                if type(value) is not str:
                     raise InvalidEvent(
                         WRONG_TYPE, f"field {upstream!r} must be a string, got {type(value).__name__}"
                     )
                 event[canonical] = value
+            elif kind is _ID:
+                event[canonical] = (value if type(value) is str and "\x00" not in value
+                                    else _identifier(value, upstream))
+            elif kind is _TS:
+                event["ts"] = (value if type(value) is int and lo <= value < hi
+                               else self._timestamp(value, upstream))
+            else:
+                event["price"] = (value if type(value) is float and 0.0 <= value < math.inf
+                                  else _price(value, upstream))
         if event["user_id"] == "":
             raise InvalidEvent(MISSING_FIELD, f"field {self.upstream_name('user_id')!r} is empty")
         return event
