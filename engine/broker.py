@@ -114,6 +114,10 @@ def render_server_properties(port: int, controller_port: int, data_dir: Path, no
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "4",
+        # A dead producer's open transaction blocks read_committed readers of every partition it
+        # wrote to until the broker aborts it: at transaction.timeout.ms, checked this often
+        # (default 10 s, which would double the stall after a crash).
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",

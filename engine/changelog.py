@@ -6,11 +6,13 @@ tombstone when the record expired) and then one metadata record (key ``\\x00meta
 ``b"<max_ts>:<applied>"``: the partition clock and the next input offset the state reflects).
 ``applied`` tags every record with its batch.
 
-Restore applies an entity record only once the meta record of *its* batch (same tag) has been
-read. In exactly-once mode the records are in the batch's Kafka transaction, so aborted batches are
-never read at all; in at-least-once mode a batch that failed half-way leaves records without a
-meta record, and the tag keeps them out of the store (its events are reprocessed). Tombstones are
-always safe to apply: a record is deleted only when no future event can read it.
+Restore applies an entity record only once a meta record with a tag >= its own has been read:
+its batch's, or a later batch's when compaction removed the older meta records (only the latest
+meta record survives compaction). In exactly-once mode the records are in the batch's Kafka
+transaction, so aborted batches are never read at all; in at-least-once mode a batch that failed
+half-way leaves records without a meta record, and the tag keeps them out of the store (its
+events are reprocessed). Tombstones are always safe to apply: a record is deleted only when no
+future event can read it.
 
 The topic name includes the feature-spec hash: state written under one spec is meaningless
 under another, so a spec change starts from a fresh changelog (and fresh local stores).
@@ -99,6 +101,7 @@ def restore(
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
         "fetch.max.bytes": 52_428_800,
+        "fetch.wait.max.ms": 10,  # at the end the broker would hold each fetch 500 ms (default)
     })
     records = 0
     next_offset = start
@@ -117,7 +120,8 @@ def restore(
         while not reached_end:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restore of {topic}[{partition}] did not reach the end in {timeout_s} s")
-            for m in consumer.consume(RESTORE_BATCH, timeout=1.0):
+            # Short wait: consume() returns at the timeout, not at the end of the partition.
+            for m in consumer.consume(RESTORE_BATCH, timeout=0.1):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -129,8 +133,12 @@ def restore(
                 if key == META_KEY:
                     meta = decode_meta(value)
                     tag = meta[1]
-                    ready.update({k: v for k, (t, v) in pending.items() if t == tag})
-                    pending.clear()
+                    # A meta record completes every batch up to its tag: its own, and earlier ones
+                    # whose meta record compaction removed. Higher tags are from a batch that failed
+                    # half-way and was redone from a lower offset (at-least-once): they wait, and a
+                    # completed batch that covers their events overwrites them first.
+                    for k in [k for k, (t, _) in pending.items() if t <= tag]:
+                        ready[k] = pending.pop(k)[1]
                     next_offset = m.offset() + 1
                 elif value is None:
                     ready[key.decode()] = None

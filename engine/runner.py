@@ -299,7 +299,10 @@ class ScoringEngine:
                 next_offset = pmsgs[-1].offset() + 1
                 self._counts.consumed += len(pmsgs)
                 states = self._score_partition(part, pmsgs)
-                writes.append((partition, part, states, part.clock.encode(), next_offset))
+                # The store's applied mark never moves back: a batch of redelivered messages that
+                # were all skipped (below the mark) must not lower it, or the rest are re-applied.
+                applied = max(next_offset, part.applied or 0)
+                writes.append((partition, part, states, part.clock.encode(), applied))
                 commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
             if self._eos:
                 self._produce_changelog(writes)
