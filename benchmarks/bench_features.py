@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -220,8 +221,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"  baseline {label}: {b['events_per_s']:,.0f} events/s, {b['us_per_event']:.2f} µs/event")
     print(f"  late events: {late}; rows sha256 {digest[:16]}")
     if args.json_path:
-        with open(args.json_path, "wb") as fh:
-            fh.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        print(f"wrote {path}")
     return result
 
 
