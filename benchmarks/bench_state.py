@@ -27,8 +27,8 @@ Four measurements, all on one synthetic stream (`benchmarks.generator.Clickstrea
    first repeat) into a fresh store: records, seconds, records/s; the restored entity states are
    compared with the engine's own store.
 
-``--quick`` (~2 min): 20k events, 3 stage repeats, 1 engine run per setting. The full run
-(100k events, 5 stage repeats, 3 engine runs per setting) takes about 10 min on 2 busy cores.
+``--quick`` (~1 min): 20k events, 3 stage repeats, 1 engine run per setting. The full run
+(100k events, 5 stage repeats, 3 engine runs per setting) takes 2-5 min on 2 cores (2.2 min idle).
 The machine is shared: load averages are recorded next to every section, and events per
 CPU-second are reported beside events per wall-second.
 """
@@ -881,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-events", type=int, default=None, help="history events to train the model (default 20000, as the integration tests; smaller histories can fail the ONNX parity check)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--skip", default="", help="comma list of sections to skip: stage,kafka,size")
-    ap.add_argument("--quick", action="store_true", help="small, ~2 min")
+    ap.add_argument("--quick", action="store_true", help="small, ~1 min")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (broker home, stores)")
     ap.add_argument("--json", dest="json_path", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)

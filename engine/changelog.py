@@ -37,6 +37,7 @@ log = logging.getLogger("streamscore.changelog")
 
 META_KEY = b"\x00meta"
 RESTORE_BATCH = 5_000
+PROGRESS_LOG_S = 5.0  # restore progress is logged this often
 
 
 def changelog_topic(group_id: str, input_topic: str, spec_hash: str) -> str:
@@ -84,13 +85,16 @@ def restore(
     topic: str,
     partition: int,
     store: PartitionStore,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
     timeout_s: float = 300.0,
 ) -> RestoreResult:
     """Bring `store` up to the end of the committed changelog of `partition`.
 
     Reads with ``isolation.level=read_committed``: records of aborted (or still open)
-    transactions are never applied. Raises TimeoutError if the end is not reached in time.
+    transactions are never applied. After every store write (each `RESTORE_BATCH` entities),
+    `on_progress(records read, next changelog offset, end offset at start)` is called, and every
+    `PROGRESS_LOG_S` seconds the progress is logged. Raises TimeoutError if the end is not
+    reached in time.
     """
     t0 = time.perf_counter()
     start = store.changelog_offset() or 0
@@ -113,6 +117,7 @@ def restore(
             return RestoreResult(partition, 0, start, time.perf_counter() - t0)
         consumer.assign([TopicPartition(topic, partition, begin)])
         deadline = time.monotonic() + timeout_s
+        next_log = time.monotonic() + PROGRESS_LOG_S
         reached_end = False
         pending: dict[str, tuple[int, bytes]] = {}  # entity -> (batch tag, state) awaiting its meta
         ready: dict[str, bytes | None] = {}
@@ -150,7 +155,11 @@ def restore(
                 store.write(ready, meta[0], meta[1], changelog_offset=next_offset)
                 ready, meta = {}, None
                 if on_progress:
-                    on_progress(records)
+                    on_progress(records, next_offset, high)
+                if time.monotonic() >= next_log:
+                    next_log += PROGRESS_LOG_S
+                    log.info("restoring %s[%d]: %d records, offset %d of %d (%.0f%%)", topic, partition,
+                             records, next_offset, high, 100.0 * (next_offset - begin) / max(high - begin, 1))
     finally:
         consumer.close()
     result = RestoreResult(partition, records, next_offset, time.perf_counter() - t0)

@@ -41,6 +41,10 @@ class EngineMetrics:
         self.restored_records = Counter(
             "streamscore_restored_changelog_records", "State records restored from the changelog", registry=r
         )
+        self.restore_remaining = Gauge(
+            "streamscore_restore_remaining_offsets", "Changelog offsets left to restore, by input partition",
+            ["partition"], registry=r,
+        )
         self.aborted_batches = Counter("streamscore_aborted_batches", "Batch transactions aborted", registry=r)
         self.assigned = Gauge("streamscore_assigned_partitions", "Input partitions owned", registry=r)
         self.model_version = _VersionGauge(registry=r)

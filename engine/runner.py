@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,9 +251,11 @@ class ScoringEngine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             store = PartitionStore(self._state_root / f"{tp.topic}-{tp.partition}", self.cfg.rocksdb)
-            result = restore(self.bootstrap, self._changelog, tp.partition, store)
+            result = restore(self.bootstrap, self._changelog, tp.partition, store,
+                             on_progress=self._restore_progress(tp.partition))
             self.stats.restored_records += result.records
             self.metrics.restored_records.inc(result.records)
+            self.metrics.restore_remaining.labels(str(tp.partition)).set(0)
             clock_raw, applied = store.read_meta()
             clock = PartitionClock.decode(self.cfg.features.grace_ms, clock_raw)
             self._partitions[tp.partition] = _Partition(store, clock, applied)
@@ -260,6 +263,15 @@ class ScoringEngine:
             log.info("assigned %s[%d]: restored %d changelog records in %.2f s; state reflects offsets < %s",
                      tp.topic, tp.partition, result.records, result.seconds, applied)
         self.metrics.assigned.set(len(self._partitions))
+
+    def _restore_progress(self, partition: int) -> Callable[[int, int, int], None]:
+        """Progress callback of one partition's restore: metrics, and liveness for /healthz (the
+        loop does not turn while a restore runs)."""
+        def progress(records: int, offset: int, end: int) -> None:
+            self.metrics.restore_remaining.labels(str(partition)).set(max(end - offset, 0))
+            self.metrics.last_loop = time.monotonic()
+
+        return progress
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches complete (commit included) before the next consume(), where callbacks run,
