@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from benchmarks.loadgen import write_jsonl
@@ -20,6 +20,7 @@ from engine.config import EngineConfig
 from engine.runner import RunStats, ScoringEngine
 from features.clickstream import clickstream_spec
 from models.pipeline import train_from_log
+from tests.integration.engine_process import scan_topic
 
 HISTORY_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 PARTITIONS = 4
@@ -121,26 +122,8 @@ def read_all(bootstrap: str, topic: str, partitions: int, timeout: float = 60.0)
 
     Counts records, not offsets: a transactional topic also holds commit markers. Call it once
     the writers have stopped (or committed), so the end is final."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"all-{topic}-{time.monotonic_ns()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list[Message] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < partitions:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: partitions {set(range(partitions)) - at_end} did not reach the end")
-            for m in consumer.consume(1000, timeout=0.2):
-                err = m.error()
-                if err is None:
-                    out.append(m)
-                    at_end.discard(m.partition())
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(m.partition())
-    finally:
-        consumer.close()
+    scan_topic(bootstrap, topic, partitions, out.append, timeout)
     return out
 
 
