@@ -80,6 +80,9 @@ class EngineConfig:
             variant "challenger", never the answer).
         canary_share: fraction of entities (stable hash) answered by the `canary` alias, if any;
             0 disables the canary.
+        expiry_scan_per_batch: stored entity records a partition's micro-batch examines for
+            expiry besides the ones it touches (an incremental sweep in key order that deletes
+            entities gone idle; docs/features.md). 0 disables the sweep.
     """
 
     bootstrap_servers: str | None = None
@@ -104,6 +107,7 @@ class EngineConfig:
     model_poll_ms: int = 1000
     shadow: bool = True
     canary_share: float = 0.0
+    expiry_scan_per_batch: int = 256
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
@@ -121,6 +125,8 @@ class EngineConfig:
              f"transaction_timeout_ms must be in [1000, 900000], got {self.transaction_timeout_ms}")
         need(3_000 <= self.session_timeout_ms <= 300_000,
              f"session_timeout_ms must be in [3000, 300000], got {self.session_timeout_ms}")
+        need(isinstance(self.expiry_scan_per_batch, int) and 0 <= self.expiry_scan_per_batch <= 100_000,
+             f"expiry_scan_per_batch must be in [0, 100000], got {self.expiry_scan_per_batch!r}")
         need(self.onnx_threads >= 1, f"onnx_threads must be >= 1, got {self.onnx_threads}")
         need(0 <= self.model_poll_ms <= 3_600_000, f"model_poll_ms must be in [0, 3600000], got {self.model_poll_ms}")
         need(isinstance(self.shadow, bool), f"shadow must be true or false, got {self.shadow!r}")

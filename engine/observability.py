@@ -45,6 +45,9 @@ class EngineMetrics:
             "streamscore_restore_remaining_offsets", "Changelog offsets left to restore, by input partition",
             ["partition"], registry=r,
         )
+        self.expired_records = Counter(
+            "streamscore_expired_records", "Idle entity records deleted by the expiry sweep", registry=r
+        )
         self.aborted_batches = Counter("streamscore_aborted_batches", "Batch transactions aborted", registry=r)
         self.assigned = Gauge("streamscore_assigned_partitions", "Input partitions owned", registry=r)
         self.model_version = _VersionGauge(registry=r)

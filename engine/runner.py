@@ -43,7 +43,7 @@ from engine.serving import ModelRouter
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, ensure_topics
 from features.compute import FeatureComputer
-from features.executor import PartitionClock, process_batch
+from features.executor import PartitionClock, expired_keys, process_batch
 from features.schema import LATE, InvalidEvent
 
 log = logging.getLogger("streamscore.engine")
@@ -71,6 +71,7 @@ class RunStats:
     batches: int = 0
     aborted_batches: int = 0
     restored_records: int = 0
+    expired_records: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ class RunStats:
             "batches": self.batches,
             "aborted_batches": self.aborted_batches,
             "restored_records": self.restored_records,
+            "expired_records": self.expired_records,
             "latency_ms": self.latency_ms,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.consumed / self.seconds, 1) if self.seconds else 0.0,
@@ -99,6 +101,7 @@ class _BatchCounts:
 
     consumed: int = 0
     skipped: int = 0
+    expired: int = 0
     scored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -108,6 +111,7 @@ class _Partition:
     store: PartitionStore
     clock: PartitionClock
     applied: int | None  # next input offset the store reflects
+    sweep_after: str | None = None  # the expiry sweep resumes after this key (None: from the start)
 
 
 class ScoringEngine:
@@ -311,6 +315,8 @@ class ScoringEngine:
                 next_offset = pmsgs[-1].offset() + 1
                 self._counts.consumed += len(pmsgs)
                 states = self._score_partition(part, pmsgs)
+                if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
+                    self._sweep(part, states)
                 # The store's applied mark never moves back: a batch of redelivered messages that
                 # were all skipped (below the mark) must not lower it, or the rest are re-applied.
                 applied = max(next_offset, part.applied or 0)
@@ -340,9 +346,23 @@ class ScoringEngine:
             self._consumer.commit(offsets=commits, asynchronous=False)
         self._account(msgs, t0)
 
+    def _sweep(self, part: _Partition, states: dict[str, bytes | None]) -> None:
+        """Delete the next few stored records that expired without being touched: tombstones
+        join the batch's `states`, so they reach the store and the changelog with the batch (in
+        its transaction). A full pass over n records takes n / expiry_scan_per_batch batches."""
+        limit = self.cfg.expiry_scan_per_batch
+        records = part.store.scan(part.sweep_after, limit)
+        part.sweep_after = records[-1][0] if len(records) == limit else None
+        untouched = [(key, raw) for key, raw in records if key not in states]
+        for key in expired_keys(self._computer, untouched, part.clock.watermark):  # type: ignore[arg-type]
+            states[key] = None
+            self._counts.expired += 1
+
     def _account(self, msgs: list[Message], t0: float) -> None:
         c = self._counts
         self.stats.consumed += c.consumed
+        self.stats.expired_records += c.expired
+        self.metrics.expired_records.inc(c.expired)
         self.stats.skipped_applied += c.skipped
         self.metrics.events_in.inc(c.consumed)
         self.metrics.skipped_applied.inc(c.skipped)

@@ -97,6 +97,20 @@ class PartitionStore:
             wb.put(CHANGELOG_KEY, str(changelog_offset).encode())
         self._db.write(wb)
 
+    def scan(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Up to `limit` entity records (key, encoded state) in key order, starting after the key
+        `after` (from the first entity if None). Metadata keys are never returned. For the
+        incremental expiry sweep: one short iterator per batch, not the hot path of events."""
+        it = self._db.iter()
+        # Entity keys never start with NUL, so b"\x01" is at or before the first of them; key +
+        # NUL is the smallest key greater than key.
+        it.seek(b"\x01" if after is None else after.encode() + b"\x00")
+        out: list[tuple[str, bytes]] = []
+        while it.valid() and len(out) < limit:
+            out.append((it.key().decode(), it.value()))
+            it.next()
+        return out
+
     def entity_count(self) -> int:
         """Number of entity records (a full scan; for tests and tooling, not the hot path)."""
         return sum(1 for k in self._db.keys() if not k.startswith(b"\x00"))

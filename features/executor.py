@@ -12,7 +12,7 @@ batch boundaries fall.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,3 +106,11 @@ def process_batch(
         out[key] = None if dead else computer.encode(state)
     matrix = np.asarray(rows, dtype=np.float32) if rows else np.empty((0, computer.width), np.float32)
     return BatchResult(matrix, scored, late, out)
+
+
+def expired_keys(computer: FeatureComputer, records: Iterable[tuple[str, bytes]], watermark: int) -> list[str]:
+    """Keys of the stored `records` (key, encoded state) that are dead at `watermark`: exactly
+    the records `process_batch` would delete if an event touched them. For entities that no event
+    touches any more (the engine sweeps its store with this, so state stays bounded by active
+    entities). Deleting them changes no feature value: a dead record reads like no record."""
+    return [key for key, raw in records if computer.prune(computer.decode(raw), watermark)]

@@ -23,6 +23,7 @@ def test_config_defaults_are_valid() -> None:
     "raw, needle",
     [
         ({"max_batch": 0}, "max_batch"),
+        ({"expiry_scan_per_batch": -1}, "expiry_scan_per_batch"),
         ({"guarantee": "maybe"}, "guarantee"),
         ({"bogus": 1}, "unknown config keys ['bogus']"),
         ({"scores_topic": "clicks"}, "distinct"),
@@ -92,3 +93,25 @@ def test_partition_store_batch_write_is_atomic_unit(tmp_path: Path) -> None:
     reopened = PartitionStore(tmp_path / "clicks-0", RocksDBConfig())
     assert reopened.read_meta() == (b"124", 12) and reopened.multi_get(["u2"]) == {"u2": b"s2"}
     reopened.close()
+
+
+def test_partition_store_scan_pages_entities_in_key_order(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "clicks-1", RocksDBConfig(block_cache_mb=8))
+    try:
+        keys = [f"u{i:03d}" for i in range(10)] + ["é", "a\x01b"]
+        store.write({k: k.encode() for k in keys}, b"99", 5, changelog_offset=3)
+        pages, after = [], None
+        while True:
+            page = store.scan(after, 4)
+            pages.append([k for k, _ in page])
+            if len(page) < 4:
+                break
+            after = page[-1][0]
+        seen = [k for page in pages for k in page]
+        # Every entity once, in byte order of the UTF-8 key; metadata keys never.
+        assert seen == sorted(keys, key=str.encode)
+        assert all(len(p) == 4 for p in pages[:-1]) and len(pages[-1]) < 4
+        assert dict(store.scan(None, 100)) == {k: k.encode() for k in keys}
+        assert store.scan(seen[-1], 4) == []
+    finally:
+        store.close()

@@ -14,7 +14,7 @@ import pytest
 
 from features.clickstream import clickstream_spec
 from features.compute import FeatureComputer
-from features.executor import PartitionClock, process_batch
+from features.executor import PartitionClock, expired_keys, process_batch
 from features.spec import (
     Aggregate,
     CurrentValue,
@@ -363,3 +363,22 @@ def test_decode_rejects_foreign_layouts() -> None:
     for raw in (b"[]", b"{}", b"[999, 1]", b"7"):
         with pytest.raises(ValueError, match="layout"):
             computer.decode(raw)
+
+
+def test_expired_keys_finds_untouched_dead_records_and_deleting_them_changes_nothing() -> None:
+    spec = FeatureSpec("x", (Aggregate("n", "count", Window.tumbling(50)), Recency("rec")),
+                       grace_ms=0, idle_ttl_ms=60)
+    computer = FeatureComputer(spec)
+    stored = process_batch(computer, PartitionClock(0), [ev(0, user="a"), ev(30, user="b")], {}).states
+    records = [(k, v) for k, v in stored.items() if v is not None]
+    assert [k for k, _ in records] == ["a", "b"]  # alive at the batch's watermark T+30
+    # Later watermarks, the records untouched. T+40: nobody idle past 60. T+90: a idle 90 and its
+    # pane [T, T+50) unreadable (an event at T+90 reads [T+50, T+100)): dead; b idle exactly 60:
+    # not yet. T+100: b idle 70: dead too.
+    assert expired_keys(computer, records, T + 40) == []
+    assert expired_keys(computer, records, T + 90) == ["a"]
+    assert expired_keys(computer, records, T + 100) == ["a", "b"]
+    # Deleting a dead record changes no feature value: the next event reads as on a fresh entity.
+    kept = process_batch(computer, PartitionClock(0, T + 100), [ev(101, user="a")], stored).rows
+    fresh = process_batch(computer, PartitionClock(0, T + 100), [ev(101, user="a")], {}).rows
+    assert kept.tobytes() == fresh.tobytes()
