@@ -49,6 +49,7 @@ from features.spec import (
 )
 
 LAYOUT = 1
+_PREFIX = b"[%d," % LAYOUT  # how every encoded state starts (orjson writes no spaces)
 NAN = math.nan
 
 # Slot kinds. A slot is one accumulator inside a pane.
@@ -509,3 +510,13 @@ class FeatureComputer:
         every window's lowest covered pane start is monotonic in ts.
         """
         return self._prune(state, watermark)
+
+    def expired(self, raw: bytes, watermark: int) -> bool:
+        """``prune(decode(raw), watermark)`` for a stored record, without decoding the (common)
+        records idle for no more than the TTL, which cannot be dead: the encoding starts
+        ``[LAYOUT,<last_seen>,``, so last_seen is read from the prefix."""
+        if raw.startswith(_PREFIX):
+            head = raw[len(_PREFIX) : raw.find(b",", len(_PREFIX))]
+            if head != b"null" and watermark - int(head) <= self._idle_ttl:
+                return False
+        return self._prune(self.decode(raw), watermark)

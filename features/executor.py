@@ -113,4 +113,4 @@ def expired_keys(computer: FeatureComputer, records: Iterable[tuple[str, bytes]]
     the records `process_batch` would delete if an event touched them. For entities that no event
     touches any more (the engine sweeps its store with this, so state stays bounded by active
     entities). Deleting them changes no feature value: a dead record reads like no record."""
-    return [key for key, raw in records if computer.prune(computer.decode(raw), watermark)]
+    return [key for key, raw in records if computer.expired(raw, watermark)]
