@@ -80,9 +80,9 @@ class EngineConfig:
             variant "challenger", never the answer).
         canary_share: fraction of entities (stable hash) answered by the `canary` alias, if any;
             0 disables the canary.
-        expiry_scan_per_batch: stored entity records a partition's micro-batch examines for
-            expiry besides the ones it touches (an incremental sweep in key order that deletes
-            entities gone idle; docs/features.md). 0 disables the sweep.
+        expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
+            expiry besides the ones it touches, one per message of the batch (an incremental
+            sweep in key order that deletes entities gone idle; docs/features.md). 0 disables it.
     """
 
     bootstrap_servers: str | None = None

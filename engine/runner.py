@@ -316,7 +316,7 @@ class ScoringEngine:
                 self._counts.consumed += len(pmsgs)
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
-                    self._sweep(part, states)
+                    self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
                 # The store's applied mark never moves back: a batch of redelivered messages that
                 # were all skipped (below the mark) must not lower it, or the rest are re-applied.
                 applied = max(next_offset, part.applied or 0)
@@ -346,11 +346,11 @@ class ScoringEngine:
             self._consumer.commit(offsets=commits, asynchronous=False)
         self._account(msgs, t0)
 
-    def _sweep(self, part: _Partition, states: dict[str, bytes | None]) -> None:
-        """Delete the next few stored records that expired without being touched: tombstones
-        join the batch's `states`, so they reach the store and the changelog with the batch (in
-        its transaction). A full pass over n records takes n / expiry_scan_per_batch batches."""
-        limit = self.cfg.expiry_scan_per_batch
+    def _sweep(self, part: _Partition, states: dict[str, bytes | None], limit: int) -> None:
+        """Check the next `limit` stored records and delete those that expired without being
+        touched: tombstones join the batch's `states`, so they reach the store and the changelog
+        with the batch (in its transaction). At one record per event, the sweep keeps pace with
+        the only way state grows (each event adds at most one entity)."""
         records = part.store.scan(part.sweep_after, limit)
         part.sweep_after = records[-1][0] if len(records) == limit else None
         untouched = [(key, raw) for key, raw in records if key not in states]
