@@ -53,9 +53,13 @@ def fake_broker_process(tmp_path: Path) -> Iterator[tuple[LocalBroker, int]]:
     """A live process whose command line names the home's server.properties, as the JVM's does."""
     broker = LocalBroker(home=tmp_path / "home", cache=tmp_path / "cache")
     broker.broker_dir.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", str(broker.config_file.resolve())],
-                            stdin=subprocess.PIPE)
+    marker = str(broker.config_file.resolve())
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()", marker],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        # Until the child has exec'd Python and started, /proc shows the forked test process
+        # (another command line, a smaller RSS): wait for its first output line.
+        assert proc.stdout is not None and proc.stdout.readline() == b"\n"
         yield broker, proc.pid
     finally:
         proc.kill()
