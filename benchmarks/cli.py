@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from benchmarks.generator import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
-from benchmarks.loadgen import produce, write_jsonl
+from benchmarks.loadgen import produce, write_jsonl, write_parquet
 
 __all__ = ["gen_app"]
 
@@ -109,7 +109,8 @@ def _bad_note(bad: Counter[str]) -> str:
 
 @gen_app.command()
 def history(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL path ('-' = stdout, .gz = gzip).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output path: JSONL ('-' = stdout, .gz = gzip) or .parquet (events only, no bad rows).")],
     events: Annotated[int, typer.Option("--events", "-n", min=0, help="Number of messages to write.")] = 100_000,
     users: Users = 2_000,
     seed: Seed = 0,
@@ -123,19 +124,25 @@ def history(
     drift: DriftOpt = None,
     products: Products = 5_000,
 ) -> None:
-    """Write a synthetic clickstream history to a JSONL file, one message per line, in emission order.
+    """Write a synthetic clickstream history to a JSONL (or Parquet) file, one message per line, in emission order.
 
     Lines are in true-time (emission) order; `ts` is event time in epoch ms, lagging by the jitter.
 
-    With --bad-fraction some lines are replaced by bad messages (malformed JSON, wrong types, ...).
+    With --bad-fraction some lines are replaced by bad messages (malformed JSON, wrong types, ...);
+    JSONL only (a Parquet row cannot hold malformed JSON).
     """
+    parquet = str(out).endswith(".parquet")
+    if parquet and bad_fraction > 0:
+        raise typer.BadParameter("a .parquet history cannot hold bad messages: use JSONL or --bad-fraction 0",
+                                 param_hint="--bad-fraction")
     cfg = _config(
         events, users, seed, start, jitter_ms, jitter_dist, late_fraction, late_ms, bad_fraction, bad_kinds, drift,
         products,
     )  # fmt: skip
     bad: Counter[str] = Counter()
     t0 = time.perf_counter()
-    n = write_jsonl(out, _counted(ClickstreamGenerator(cfg), bad))
+    gen = ClickstreamGenerator(cfg)
+    n = write_parquet(out, gen.events()) if parquet else write_jsonl(out, _counted(gen, bad))
     dt = time.perf_counter() - t0
     typer.echo(
         f"wrote {n:,} messages to {out}{_bad_note(bad)} in {dt:.2f}s ({n / max(dt, 1e-9):,.0f}/s), seed={seed}",

@@ -72,6 +72,30 @@ def write_jsonl(path: str | Path, events_or_bytes: Iterable[Item]) -> int:
     return n
 
 
+def write_parquet(path: str | Path, events: Iterable[Mapping[str, Any]], row_group: int = 65_536) -> int:
+    """Write canonical events to a Parquet file, one row each, in order; return the row count.
+
+    ``ts`` is stored as ``timestamp[ms, UTC]`` (what a warehouse export holds), the other fields
+    as strings and a float64 price. `features.eventlog.read_parquet` reads it back to the same
+    canonical events.
+    """
+    import pyarrow as pa  # imported here: only the Parquet path needs it
+    import pyarrow.parquet as pq
+
+    from features.schema import CANONICAL_FIELDS
+
+    types = {name: pa.string() for name in CANONICAL_FIELDS} | {
+        "ts": pa.timestamp("ms", tz="UTC"), "price": pa.float64()}
+    arrow_schema = pa.schema([(name, types[name]) for name in CANONICAL_FIELDS])
+    n = 0
+    with pq.ParquetWriter(str(path), arrow_schema) as writer:
+        it = iter(events)
+        while chunk := list(islice(it, row_group)):
+            writer.write_table(pa.Table.from_pylist([dict(e) for e in chunk], schema=arrow_schema))
+            n += len(chunk)
+    return n
+
+
 class TokenBucket:
     """Token bucket pacing to ``rate`` tokens/s with ``burst`` capacity.
 

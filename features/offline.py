@@ -8,7 +8,7 @@ vector the engine computed (or would compute) for that event, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from features.compute import FeatureComputer
+from features.eventlog import read_events
 from features.executor import PartitionClock, process_batch
 from features.partitioning import kafka_partition
-from features.schema import EventSchema, InvalidEvent
+from features.schema import EventSchema
 from features.spec import FeatureSpec
 
 
@@ -46,19 +47,6 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self.event_ids)
-
-
-def read_jsonl(path: str | Path, schema: EventSchema, invalid: dict[str, int]) -> Iterator[dict[str, Any]]:
-    """Canonical events from a JSONL file, in file order; invalid lines are counted in `invalid`."""
-    with open(path, "rb") as fh:
-        for line in fh:
-            line = line.rstrip(b"\r\n")
-            if not line:
-                continue
-            try:
-                yield schema.decode(line)
-            except InvalidEvent as exc:
-                invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
 
 
 def replay(
@@ -130,8 +118,9 @@ def replay(
 def replay_file(
     path: str | Path, spec: FeatureSpec, num_partitions: int, schema: EventSchema | None = None
 ) -> FeatureTable:
-    """`replay` over a JSONL log, counting invalid lines instead of failing."""
+    """`replay` over a JSONL or Parquet log (`features.eventlog`), counting invalid records
+    instead of failing."""
     invalid: dict[str, int] = {}
-    table = replay(read_jsonl(path, schema or EventSchema(), invalid), spec, num_partitions, invalid=invalid)
+    table = replay(read_events(path, schema or EventSchema(), invalid), spec, num_partitions, invalid=invalid)
     table.invalid = invalid
     return table

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.offline import read_jsonl, replay
+from features.eventlog import read_events
+from features.offline import replay
 from features.schema import EventSchema
 from features.spec import FeatureSpec
 from models.labels import LabelDefinition, purchase_within_events
@@ -34,7 +35,7 @@ def train_from_log(
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> TrainingRunResult:
-    """Build the point-in-time training set from `events_path` (JSONL in topic order), train,
+    """Build the point-in-time training set from `events_path` (JSONL or Parquet, topic order), train,
     export, verify, evaluate on a time-gapped holdout, register, and maybe promote.
 
     Args:
@@ -44,7 +45,7 @@ def train_from_log(
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     invalid: dict[str, int] = {}
-    events = list(read_jsonl(events_path, schema or EventSchema(), invalid))
+    events = list(read_events(events_path, schema or EventSchema(), invalid))
     if not events:
         raise ValueError(f"{events_path} holds no valid events (invalid: {invalid})")
     table = replay(events, spec, num_partitions, invalid=invalid)
