@@ -168,6 +168,14 @@ def register(
         typer.echo(f"registered {target} v{version}")
 
 
+def _moved(name: str, alias: str, before: int | None, after: int | None) -> str:
+    """The one-line report of an alias change, e.g. ``purchase champion: v1 -> v2``."""
+    def show(v: int | None) -> str:
+        return "none" if v is None else f"v{v}"
+
+    return f"{name} {alias}: {show(before)} -> {show(after)}"
+
+
 @model_app.command()
 def promote(
     name: str = typer.Argument(..., help="Model name."),
@@ -185,7 +193,7 @@ def promote(
             typer.echo(f"{name} {alias} is already v{version}; nothing changed")
             return
         reg.promote(name, version, alias=alias, actor=actor, reason=reason)
-        typer.echo(f"{name} {alias}: {'v' + str(before) if before is not None else 'none'} -> v{version}")
+        typer.echo(_moved(name, alias, before, version))
 
 
 @model_app.command()
@@ -201,7 +209,7 @@ def rollback(
         reg = _registry(registry)
         before = reg.aliases(name).get(alias)
         version = reg.rollback(name, alias=alias, actor=actor, reason=reason)
-        typer.echo(f"{name} {alias}: {'v' + str(before) if before is not None else 'none'} -> v{version} (rolled back)")
+        typer.echo(_moved(name, alias, before, version) + " (rolled back)")
 
 
 @model_app.command()
@@ -215,7 +223,7 @@ def demote(
     """Remove ALIAS so it points at nothing (e.g. end a canary); `rollback` restores it."""
     with _errors():
         version = _registry(registry).demote(name, alias=alias, actor=actor, reason=reason)
-        typer.echo(f"{name} {alias}: v{version} -> none")
+        typer.echo(_moved(name, alias, version, None))
 
 
 @model_app.command()

@@ -33,20 +33,9 @@ from benchmarks.generator import (
     encode,
 )
 from benchmarks.loadgen import DeliveryError, TokenBucket, produce, write_jsonl
+from features.schema import CANONICAL_FIELDS
 
-FIELDS = (
-    "event_id",
-    "user_id",
-    "session_id",
-    "event_type",
-    "ts",
-    "page",
-    "product_id",
-    "price",
-    "device",
-    "country",
-    "referrer",
-)
+FIELDS = CANONICAL_FIELDS  # the generator emits exactly the canonical event
 MIN_TS = 946_684_800_000  # 2000-01-01
 MAX_TS = 4_102_444_800_000  # 2100-01-01
 HOUR = 3_600_000
