@@ -135,17 +135,25 @@ def train(
     config: Optional[Path] = ConfigOpt,
     registry: Optional[Path] = typer.Option(None, help="Model registry root."),
     promote: bool = typer.Option(True, help="Promote to champion if it beats the current champion."),
+    model_kind: Optional[list[str]] = typer.Option(
+        None, help="Kinds eligible to be registered: lightgbm, logreg (repeatable) [default: both, the better "
+                   "on the holdout wins]."),
 ) -> None:
     """Build a point-in-time training set with the offline feature executor, train LightGBM and a
     logistic-regression baseline, export to ONNX, verify, evaluate on a time-gapped holdout,
     register with lineage, and (optionally) promote."""
     from features.spec import parse_duration
     from models.pipeline import train_from_log
+    from models.train import KINDS
 
+    kinds = tuple(model_kind or KINDS)
+    if any(k not in KINDS for k in kinds):
+        _fail(f"--model-kind must be one of {', '.join(KINDS)}, got {', '.join(kinds)}")
     cfg = _load(config, registry=registry)
     result = train_from_log(
         events, cfg.features, num_partitions=partitions, registry_root=cfg.registry,
         model_name=cfg.model_name, horizon_ms=parse_duration(horizon), schema=cfg.schema, promote=promote,
+        candidates=kinds,
     )
     typer.echo(result.summary())
 

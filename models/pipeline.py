@@ -10,7 +10,7 @@ the events the engine would have scored (valid, not late).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from features.offline import replay
 from features.schema import EventSchema
 from features.spec import FeatureSpec
 from models.labels import LabelDefinition, purchase_within_events
+from models.train import KINDS
 from models.training_run import TrainingRunResult, train_and_register
 
 
@@ -34,6 +35,7 @@ def train_from_log(
     promote: bool = True,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    candidates: Sequence[str] = KINDS,
 ) -> TrainingRunResult:
     """Build the point-in-time training set from `events_path` (JSONL or Parquet, topic order), train,
     export, verify, evaluate on a time-gapped holdout, register, and maybe promote.
@@ -41,6 +43,7 @@ def train_from_log(
     Args:
         num_partitions: partitions of the topic the log came from (lateness is per partition).
         horizon_ms: label = the user purchases within this many ms after the event.
+        candidates: model kinds eligible to be registered (see `models.training_run.select_candidate`).
     """
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
@@ -60,6 +63,6 @@ def train_from_log(
     return train_and_register(
         table.X, y, table.ts, table.names, table.spec_hash, registry_root, model_name,
         LabelDefinition(kind="purchase_within", horizon_ms=horizon_ms),
-        data_end_ms=int(ts_all.max()), promote=promote, seed=seed, log=log,
+        data_end_ms=int(ts_all.max()), promote=promote, seed=seed, log=log, candidates=candidates,
         reason=f"trained from {Path(events_path).name}",
     )

@@ -118,6 +118,9 @@ def train(
         merged = {**LIGHTGBM_DEFAULTS, **(params or {}), "random_state": seed}
         estimator = lgb.LGBMClassifier(**merged)
         estimator.fit(X, y)  # unnamed columns: spec names may contain characters LightGBM rejects
+        # Serve and predict with float32-exact thresholds: same predictions on float32 inputs, and
+        # the ONNX export computes the same function (see `float32_exact_booster`).
+        estimator._Booster = float32_exact_booster(estimator.booster_)
     else:
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
@@ -134,6 +137,74 @@ def train(
         ])
         estimator.fit(X, y)
     return TrainedModel(kind=kind, estimator=estimator, feature_names=names, params=_json_safe(merged), seed=seed)
+
+
+class UnsupportedTree(ValueError):
+    """A LightGBM split that the float32 ONNX tree ensemble cannot reproduce exactly."""
+
+
+# LightGBM's decision_type bits (include/LightGBM/tree.h): 1 = categorical, 2 = default left,
+# (>> 2) & 3 = missing type (0 None, 1 Zero, 2 NaN).
+_CATEGORICAL, _DEFAULT_LEFT = 1, 2
+_MISSING_NONE, _MISSING_ZERO = 0, 1
+
+
+def _float32_floor(t: float) -> float:
+    """The largest float32 value <= `t`, as a Python float (exactly representable in float32)."""
+    f = np.float32(t)
+    if float(f) > t:
+        f = np.nextafter(f, np.float32(-np.inf), dtype=np.float32)
+    return float(f)
+
+
+def float32_exact_booster(booster: Any) -> Any:
+    """`booster` rewritten so that ONNX's float32 tree ensemble computes exactly its predictions.
+
+    LightGBM compares each input (a float32 widened to float64) with a float64 threshold ``t``;
+    ONNX Runtime compares the float32 input with ``t`` rounded to the *nearest* float32, so an input
+    between ``t`` and that rounding takes the other branch (issue: a 20,000-event history trained a
+    model whose ONNX scores differed by 0.023). For every float32 ``x``, ``x <= t`` holds exactly
+    when ``x <= floor32(t)`` (the largest float32 not above ``t``), so replacing each numerical
+    threshold by ``floor32(t)`` changes no prediction of the native model on float32 inputs and makes
+    the float32 comparison exact. Also, for splits whose missing type is None LightGBM sends NaN
+    where 0.0 goes, and ``default_left`` is unused; it is set to ``0 <= t`` so that converters
+    that route NaN by ``default_left`` route it like LightGBM does. Splits with missing type Zero
+    (``zero_as_missing=True``) or categorical splits are refused (`UnsupportedTree`).
+    """
+    import lightgbm as lgb
+
+    out: list[str] = []
+    lines = booster.model_to_string().split("\n")
+    thresholds: list[float] | None = None
+    for line in lines:
+        if line.startswith("tree_sizes="):
+            continue  # byte offsets of the trees: stale once thresholds are rewritten; optional
+        if line.startswith("threshold="):
+            thresholds = [float(v) for v in line[len("threshold="):].split()]
+            out.append(line)  # rewritten when decision_type (the next field) is known
+            continue
+        if line.startswith("decision_type=") and thresholds is not None:
+            types = [int(v) for v in line[len("decision_type="):].split()]
+            if len(types) != len(thresholds):  # pragma: no cover - LightGBM format change
+                raise UnsupportedTree("LightGBM model string: threshold and decision_type lengths differ")
+            new_t, new_d = [], []
+            for t, d in zip(thresholds, types, strict=True):
+                if d & _CATEGORICAL:
+                    raise UnsupportedTree("categorical splits are not supported by the float32 export")
+                missing = (d >> 2) & 3
+                if missing == _MISSING_ZERO:
+                    raise UnsupportedTree("zero-as-missing splits are not supported; train with zero_as_missing=False")
+                t = _float32_floor(t)
+                if missing == _MISSING_NONE:
+                    d = (d | _DEFAULT_LEFT) if 0.0 <= t else (d & ~_DEFAULT_LEFT)
+                new_t.append(repr(t))
+                new_d.append(str(d))
+            out[-1] = "threshold=" + " ".join(new_t)
+            out.append("decision_type=" + " ".join(new_d))
+            thresholds = None
+            continue
+        out.append(line)
+    return lgb.Booster(model_str="\n".join(out))
 
 
 def inf_to_nan(X: np.ndarray) -> np.ndarray:

@@ -6,14 +6,18 @@ executor and y with `models.labels`). Steps:
 1. drop censored rows (label horizon past `data_end_ms`) if `data_end_ms` is given;
 2. time-gapped split (`models.split`, gap defaults to the label horizon);
 3. train LightGBM and the logistic-regression baseline on the train side;
-4. export both to ONNX; the LightGBM export must match native predict_proba within 1e-5 (else
-   `ParityError`, nothing registered); the baseline's parity is recorded;
-5. evaluate on the test side: the model by its ONNX scores (what would be served), the baseline
-   natively (it is a reference, never served), and the current champion on the same rows
-   through the verified scorer when its feature spec and names match;
-6. profile the training rows and training scores;
-7. register with a manifest whose ``parent_version`` is the current champion;
-8. if `promote`: make it champion when there is none, or when its test AUC beats the champion's
+4. export both to ONNX and measure each export against its native predict_proba;
+5. select the candidate to register (`select_candidate`, rule `SELECTION_RULE`): among the
+   eligible kinds (`candidates`, default both) whose ONNX export matches native predictions within
+   `PARITY_ATOL`, the one with the higher holdout AUC of its ONNX scores (what would be served);
+   a tie or an undefined AUC keeps LightGBM. If no eligible kind passes parity: `ParityError`,
+   nothing registered. So a LightGBM that loses to its own baseline is never served over it;
+6. evaluate on the test side: the selected model by its ONNX scores, the baseline natively (the
+   reference the manifest records), and the current champion on the same rows through the
+   verified scorer when its feature spec and names match;
+7. profile the training rows and training scores;
+8. register with a manifest whose ``parent_version`` is the current champion;
+9. if `promote`: make it champion when there is none, or when its test AUC beats the champion's
    AUC on the same holdout by more than `min_auc_gain`. A champion that cannot score these rows
    (different feature spec) is never replaced automatically: promote explicitly.
 """
@@ -28,14 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluate import evaluate
+from models.evaluate import Metrics, evaluate
 from models.labels import LabelDefinition, censor_mask
 from models.manifest import Manifest, TrainingInfo, data_digest
 from models.profile import build_profile
 from models.registry import Registry, RegistryError
 from models.scorer import IncompatibleModel, OnnxScorer
 from models.split import time_gapped_split
-from models.train import export_onnx, onnx_scores, parity_max_diff, train, verify_onnx_parity
+from models.train import KINDS, ParityError, export_onnx, onnx_scores, parity_max_diff, train
+
+PARITY_ATOL = 1e-5
+SELECTION_RULE = ("highest holdout AUC (ONNX scores) among the eligible kinds whose ONNX export matches native "
+                  f"predict_proba within {PARITY_ATOL:g}; ties and undefined AUC keep lightgbm")
 
 
 @dataclass
@@ -67,10 +75,40 @@ class TrainingRunResult:
             f"log loss {test['log_loss']:.4f}  Brier {test['brier']:.4f}  ECE {test['ece']:.4f}",
             f"  baseline logreg: AUC {fmt(base['auc'])}  log loss {base['log_loss']:.4f}",
         ]
+        if m.get("selection"):
+            lines.append(f"  {m['selection']['decision']}")
         if champ.get("test"):
             lines.append(f"  champion v{champ['version']} on the same holdout: AUC {fmt(champ['test']['auc'])}")
         lines.append(f"  {self.decision}")
         return "\n".join(lines)
+
+
+def select_candidate(
+    test_by_kind: Mapping[str, Metrics],
+    parity: Mapping[str, float],
+    candidates: Sequence[str] = KINDS,
+    atol: float = PARITY_ATOL,
+) -> tuple[str | None, str]:
+    """(kind to register, one-line reason) by `SELECTION_RULE`; kind is None if no eligible kind
+    passes parity (the reason then says why)."""
+    unknown = [k for k in candidates if k not in KINDS]
+    if unknown or not candidates:
+        raise ValueError(f"candidates must be a non-empty subset of {KINDS}, got {list(candidates)}")
+    exact = [k for k in candidates if parity[k] <= atol]
+    excluded = ", ".join(f"{k} differs by {parity[k]:.3g}" for k in candidates if k not in exact)
+    if not exact:
+        return None, f"no candidate's ONNX export matches its native model within {atol:g} ({excluded})"
+
+    def rank(kind: str) -> tuple[float, bool]:
+        auc = test_by_kind[kind].auc
+        return (-1.0 if auc is None else auc, kind == "lightgbm")
+
+    best = max(exact, key=rank)
+    reason = f"selected {best}: holdout AUC " + ", ".join(
+        f"{k} {_fmt(test_by_kind[k].auc)}" for k in sorted(exact, key=rank, reverse=True))
+    if excluded:
+        reason += f"; excluded for ONNX parity: {excluded}"
+    return best, reason
 
 
 def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
@@ -101,6 +139,7 @@ def train_and_register(
     actor: str | None = None,
     reason: str = "",
     parity_rows: int = 2_000,
+    candidates: Sequence[str] = KINDS,
     log: Callable[[str], None] | None = print,
 ) -> TrainingRunResult:
     """Run the whole training procedure (module docstring) and return the registered version.
@@ -115,6 +154,7 @@ def train_and_register(
         data_end_ms: last event time of the source data; if given, rows whose label horizon
             extends past it are dropped. Pass None if `y` already excludes censored rows.
         promote: promote to `alias` if better (see module docstring).
+        candidates: model kinds eligible to be registered (``("lightgbm",)`` forces LightGBM).
         log: progress line sink (None for silence).
     """
     say = log or (lambda _line: None)
@@ -146,36 +186,30 @@ def train_and_register(
         f"base rate train {ytr.mean():.4f} test {yte.mean():.4f}")
 
     t = time.perf_counter()
-    model = train(Xtr, ytr, names, kind="lightgbm", params=params, seed=seed)
-    baseline = train(Xtr, ytr, names, kind="logreg", params=baseline_params, seed=seed)
+    fitted = {kind: train(Xtr, ytr, names, kind=kind, params=params if kind == "lightgbm" else baseline_params,
+                          seed=seed) for kind in KINDS}
     timings["train"] = time.perf_counter() - t
-    say(f"[train] fitted lightgbm ({model.params.get('n_estimators')} trees) and logreg baseline "
+    say(f"[train] fitted lightgbm ({fitted['lightgbm'].params.get('n_estimators')} trees) and logreg baseline "
         f"in {timings['train']:.1f} s")
 
     t = time.perf_counter()
-    onnx_bytes = export_onnx(model, names)
-    baseline_bytes = export_onnx(baseline, names)
+    exported = {kind: export_onnx(m, names) for kind, m in fitted.items()}
     check = np.concatenate([tr[_sample_rows(len(tr), parity_rows // 2, seed)],
                             te[_sample_rows(len(te), parity_rows // 2, seed)]])
-    parity = verify_onnx_parity(model, onnx_bytes, X[check])  # the served model: must match
-    parity_base, _ = parity_max_diff(baseline, baseline_bytes, X[check])  # reference only: recorded
+    parity = {kind: parity_max_diff(fitted[kind], exported[kind], X[check])[0] for kind in KINDS}
     timings["export"] = time.perf_counter() - t
-    if parity_base > 1e-5:
-        say(f"[train] note: the baseline's ONNX export differs from sklearn by {parity_base:.2e} (baseline is "
-            "evaluated natively; it is not served)")
-    say(f"[train] exported ONNX ({len(onnx_bytes):,} bytes); parity on {len(check):,} rows: max |diff| "
-        f"lightgbm {parity:.2e}, logreg {parity_base:.2e}")
+    say(f"[train] exported ONNX; parity on {len(check):,} rows: max |diff| "
+        + ", ".join(f"{k} {parity[k]:.2e}" for k in KINDS))
 
-    score_te = onnx_scores(onnx_bytes, Xte)
+    test_by_kind = {kind: evaluate(yte, onnx_scores(exported[kind], Xte)) for kind in KINDS}
+    kind, selection = select_candidate(test_by_kind, parity, candidates, PARITY_ATOL)
+    if kind is None:
+        raise ParityError(selection + "; nothing registered")
+    model, onnx_bytes, test_m = fitted[kind], exported[kind], test_by_kind[kind]
+    baseline, base_m = fitted["logreg"], evaluate(yte, fitted["logreg"].predict_proba(Xte))
     score_tr = onnx_scores(onnx_bytes, Xtr)
-    test_m = evaluate(yte, score_te)
-    base_m = evaluate(yte, baseline.predict_proba(Xte))
     train_m = evaluate(ytr, score_tr)
-    say(f"[train] holdout AUC lightgbm {_fmt(test_m.auc)} vs logreg {_fmt(base_m.auc)}; "
-        f"log loss {test_m.log_loss:.4f} vs {base_m.log_loss:.4f}; ECE {test_m.ece:.4f}")
-    if test_m.auc is not None and base_m.auc is not None and base_m.auc > test_m.auc:
-        say("[train] WARNING: the logistic-regression baseline beats LightGBM on the holdout; check the "
-            "features and params before relying on this model")
+    say(f"[train] {selection}")
 
     champion_ref, champion_metrics, incomparable = None, None, None
     try:
@@ -199,10 +233,12 @@ def train_and_register(
         "champion": ({"version": champion_ref.version, "alias": alias,
                       "test": champion_metrics.to_dict() if champion_metrics else None,
                       "incomparable": incomparable} if champion_ref is not None else None),
-        "parity_max_abs_diff": {"lightgbm": parity, "logreg": parity_base, "rows": int(len(check))},
+        "parity_max_abs_diff": {**parity, "rows": int(len(check))},
+        "candidates": {k: {"test": m.to_dict(), "parity_max_abs_diff": parity[k]} for k, m in test_by_kind.items()},
+        "selection": {"kind": kind, "rule": SELECTION_RULE, "eligible": list(candidates), "decision": selection},
     }
     manifest = Manifest(
-        name=name, feature_spec=feature_spec, feature_names=names, model_kind="lightgbm",
+        name=name, feature_spec=feature_spec, feature_names=names, model_kind=kind,
         training=TrainingInfo(data_start_ms=data_start, data_end_ms=data_end, n_rows=int(len(y)), digest=digest,
                               label=label.to_dict(), split={**split.describe(), "censored_rows": n_censored,
                                                             "test_fraction": test_fraction}),

@@ -12,7 +12,8 @@ from models.manifest import data_digest
 from models.registry import Registry
 from models.scorer import OnnxScorer
 from models.testing import synthetic_dataset
-from models.training_run import train_and_register
+from models.evaluate import Metrics
+from models.training_run import select_candidate, train_and_register
 
 HORIZON = 3_600_000
 LABEL = LabelDefinition(horizon_ms=HORIZON)
@@ -95,3 +96,37 @@ def test_gap_and_errors(tmp_path: Path, data) -> None:  # type: ignore[no-untype
     with pytest.raises(ValueError, match="no training rows"):
         train_and_register(X, y, ts, names, "fs-a", tmp_path, "m", {"kind": "purchase_within", "horizon_ms": 10 ** 12},
                            log=None)
+
+
+def test_the_better_kind_on_the_holdout_is_registered(tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12.4: a LightGBM that loses to its logistic-regression baseline is not served over it."""
+    X, y, ts, names = data
+    res = train_and_register(X, y, ts, names, "fs-a", tmp_path, "purchase", LABEL, params=WEAK, log=None)
+    cands = res.metrics["candidates"]
+    assert cands["logreg"]["test"]["auc"] > cands["lightgbm"]["test"]["auc"]  # the weak forest loses
+    assert res.manifest.model_kind == "logreg" and res.metrics["selection"]["kind"] == "logreg"
+    assert res.metrics["test"]["auc"] == cands["logreg"]["test"]["auc"]
+    assert "selected logreg" in res.summary()
+    scorer = OnnxScorer.load(Registry(tmp_path).resolve("purchase", "champion"), "fs-a", names)
+    assert scorer.manifest.model_kind == "logreg"
+    forced = train_and_register(X, y, ts, names, "fs-a", tmp_path, "purchase", LABEL, params=WEAK, log=None,
+                                candidates=("lightgbm",), promote=False)
+    assert forced.manifest.model_kind == "lightgbm" and forced.metrics["selection"]["eligible"] == ["lightgbm"]
+
+
+def _m(auc: float | None) -> Metrics:
+    return Metrics(n=10, n_positive=5, base_rate=0.5, mean_score=0.5, auc=auc, log_loss=0.5, brier=0.2, ece=0.0)
+
+
+def test_select_candidate_rule() -> None:
+    both = {"lightgbm": _m(0.80), "logreg": _m(0.82)}
+    exact = {"lightgbm": 1e-7, "logreg": 2e-7}
+    assert select_candidate(both, exact)[0] == "logreg"
+    assert select_candidate({"lightgbm": _m(0.8), "logreg": _m(0.8)}, exact)[0] == "lightgbm"  # tie
+    assert select_candidate({"lightgbm": _m(None), "logreg": _m(None)}, exact)[0] == "lightgbm"
+    kind, why = select_candidate(both, {"lightgbm": 1e-7, "logreg": 0.01})
+    assert kind == "lightgbm" and "excluded for ONNX parity: logreg" in why
+    kind, why = select_candidate(both, {"lightgbm": 0.02, "logreg": 0.01})
+    assert kind is None and "no candidate" in why
+    with pytest.raises(ValueError, match="subset"):
+        select_candidate(both, exact, candidates=("xgboost",))
