@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_features --events 200000 --users 5000 --json out.json
 
-Builds a seeded clickstream with `benchmarks.generator` (event-time jitter and a few late
+Builds a seeded clickstream with `features.synthetic` (event-time jitter and a few late
 events), then times `features.executor.process_batch` with a dict store, micro-batches of
 `--batch` events, the default 38-column spec: exactly what the engine and the offline replay run per partition,
 including the decode/encode of every touched entity's state and the float32 row matrix.
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from features.clickstream import clickstream_spec
 from features.executor import PartitionClock, process_batch
 from features.spec import FeatureSpec
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 
 DAY_MS = 86_400_000
 
@@ -49,7 +49,7 @@ DAY_MS = 86_400_000
 def synthetic_events(n_events: int, n_users: int, seed: int = 1, sessions_per_user_day: float = 0.5,
                      zipf: float = 1.0, jitter_ms: float = 2_000.0,
                      late_fraction: float = 0.002) -> list[dict[str, Any]]:
-    """Canonical events in emission order from `benchmarks.generator.ClickstreamGenerator` (the
+    """Canonical events in emission order from `features.synthetic.ClickstreamGenerator` (the
     stream the demo, the tests and the other benchmarks use): event-time jitter `jitter_ms`
     (exponential), and a `late_fraction` of events 2-6 minutes late (past the default 60 s
     grace: dead-lettered)."""

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_state --json benchmarks/results/state.json [--events N] [--quick]
 
-Four measurements, all on one synthetic stream (`benchmarks.generator.ClickstreamGenerator`,
+Four measurements, all on one synthetic stream (`features.synthetic.ClickstreamGenerator`,
 ``--events`` events of ``--users`` users, event-time jitter 1 s, no late or bad events):
 
 1. **Feature stage with state in RocksDB, no Kafka** (single thread = per core). The engine's
@@ -56,13 +56,13 @@ import numpy as np
 import orjson
 
 from benchmarks.bench_features import machine_info, run_stage
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from engine.config import EngineConfig, RocksDBConfig
 from engine.store import APPLIED_KEY, CLOCK_KEY, PartitionStore, rocksdb_options
 from features.clickstream import clickstream_spec
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, process_batch
 from features.schema import EventSchema
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 
 # DESIGN.md, "Measured stage limits on this class of machine (2 cores, Python 3.11)".
 DESIGN_PROTOTYPE_EPS = 60_000.0  # parse -> 6 aggregates in one record -> 32 features -> LightGBM -> orjson
@@ -707,8 +707,8 @@ def bench_restore_synthetic(bootstrap: str, pool: list[bytes], k: int, root: Pat
 
 def bench_kafka(payloads: list[tuple[bytes, bytes]], root: Path, args: argparse.Namespace,
                 pool: list[bytes]) -> dict[str, Any]:
-    from benchmarks.loadgen import produce, write_jsonl
     from engine.broker import LocalBroker
+    from engine.loadgen import produce, write_jsonl
     from engine.topics import TopicSpec, ensure_topics
     from models.pipeline import train_from_log
 

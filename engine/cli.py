@@ -13,8 +13,8 @@ from typing import Optional
 
 import typer
 
-from benchmarks.cli import gen_app
 from engine.cli_broker import broker_app
+from engine.cli_gen import gen_app
 from models.cli import model_app
 
 app = typer.Typer(

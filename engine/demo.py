@@ -25,12 +25,12 @@ import orjson
 import yaml
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
-from benchmarks.loadgen import produce, write_jsonl
 from engine.broker import LocalBroker, free_port
 from engine.config import EngineConfig, streamscore_home
+from engine.loadgen import produce, write_jsonl
 from engine.records import headers_dict
 from engine.topics import TopicSpec, ensure_topics
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from models.pipeline import train_from_log
 
 PARTITIONS = 4

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
-from benchmarks.loadgen import write_jsonl
 from engine.config import EngineConfig
+from engine.loadgen import write_jsonl
 from engine.runner import RunStats, ScoringEngine
 from features.clickstream import clickstream_spec
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from models.pipeline import train_from_log
 from tests.integration.engine_process import scan_topic
 

@@ -21,8 +21,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from engine.serving import canary_bucket, variant_for
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from models.cli import model_app
 from models.registry import Registry
 from tests.integration.conftest import (

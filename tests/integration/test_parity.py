@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from engine.config import RocksDBConfig
 from engine.store import PartitionStore
 from features.clickstream import clickstream_spec
 from features.offline import replay
 from features.schema import EventSchema, InvalidEvent
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from tests.integration.conftest import PARTITIONS, TrainedModel, produce_all
 from tests.integration.engine_process import (
     CommittedOffsets,

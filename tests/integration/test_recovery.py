@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from engine.changelog import changelog_topic
 from engine.topics import TopicSpec, delete_topics, ensure_topics
 from features.clickstream import clickstream_spec
 from features.offline import FeatureTable, replay
 from features.partitioning import kafka_partition
 from features.schema import EventSchema, InvalidEvent
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from tests.integration.conftest import PARTITIONS, TrainedModel, produce_all, read_all
 from tests.integration.engine_process import (
     CommittedOffsets,

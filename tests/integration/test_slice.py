@@ -10,11 +10,11 @@ import numpy as np
 import orjson
 import pytest
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
 from engine.records import headers_dict
 from features.clickstream import clickstream_spec
 from features.offline import replay
 from features.schema import EventSchema
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from tests.integration.conftest import (
     PARTITIONS,
     TrainedModel,

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.generator import ClickstreamGenerator, GeneratorConfig
-from benchmarks.loadgen import write_jsonl, write_parquet
+from engine.loadgen import write_jsonl, write_parquet
 from features.clickstream import clickstream_spec
 from features.eventlog import read_events
 from features.offline import FeatureTable, replay_file
 from features.schema import EventSchema
+from features.synthetic import ClickstreamGenerator, GeneratorConfig
 
 CONFIG = GeneratorConfig(n_events=6_000, n_users=200, seed=5, jitter_ms=2_000.0, late_fraction=0.01,
                          late_ms=120_000.0)

@@ -17,8 +17,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
-from benchmarks import cli as cli_mod
-from benchmarks.generator import (
+from engine import cli_gen as cli_mod
+from engine.loadgen import DeliveryError, TokenBucket, produce, write_jsonl
+from features.schema import CANONICAL_FIELDS
+from features.synthetic import (
     BAD_KINDS,
     COUNTRIES,
     DEVICES,
@@ -32,8 +34,6 @@ from benchmarks.generator import (
     corrupt_payload,
     encode,
 )
-from benchmarks.loadgen import DeliveryError, TokenBucket, produce, write_jsonl
-from features.schema import CANONICAL_FIELDS
 
 FIELDS = CANONICAL_FIELDS  # the generator emits exactly the canonical event
 MIN_TS = 946_684_800_000  # 2000-01-01
@@ -510,7 +510,7 @@ def test_cli_stream(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def fake_produce(bootstrap: str, topic: str, payloads, **kw):  # noqa: ANN001, ANN003, ANN202
         calls.append({"bootstrap": bootstrap, "topic": topic, "n": sum(1 for _ in payloads), **kw})
-        from benchmarks.loadgen import ProduceSummary
+        from engine.loadgen import ProduceSummary
 
         return ProduceSummary(calls[-1]["n"], calls[-1]["n"], 0, 0, 1.0, float(calls[-1]["n"]))
 

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from benchmarks.generator import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
-from benchmarks.loadgen import produce, write_jsonl, write_parquet
+from engine.loadgen import produce, write_jsonl, write_parquet
+from features.synthetic import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
 
 __all__ = ["gen_app"]
 
