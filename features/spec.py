@@ -32,7 +32,7 @@ import orjson
 
 # Bump when the executor's semantics change in a way that changes feature values: every spec
 # hash changes with it, so old models are refused instead of silently skewed.
-SEMANTICS_VERSION = 1
+SEMANTICS_VERSION = 2
 
 NUMERIC_FIELDS = frozenset({"price"})
 CATEGORICAL_FIELDS = frozenset(
