@@ -66,7 +66,9 @@ def run(
     group_id: Optional[str] = typer.Option(None, help="Consumer group id (processes sharing it share partitions)."),
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
     max_events: Optional[int] = typer.Option(None, help="Stop after consuming this many messages."),
-    idle_exit: Optional[float] = typer.Option(None, help="Stop after this many seconds without input."),
+    idle_exit: Optional[float] = typer.Option(None, help=(
+        "Stop after this many seconds idle: holding partitions, all caught up, no input. Waiting for an "
+        "assignment is not idle; holding none for this + 3 session timeouts exits with code 3.")),
     metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on this port (0: off)."),
     metrics_host: Optional[str] = typer.Option(None, help="Address the metrics endpoint binds."),
     state_dir: Optional[Path] = typer.Option(None, help="Directory of the per-partition RocksDB stores."),
@@ -79,11 +81,13 @@ def run(
     """Run one scoring process: consume clicks, score every event, publish to the scores topic.
 
     Start more processes with the same --group-id to scale out. Stops cleanly on SIGTERM/Ctrl-C
-    (finishes the batch, commits) and prints a JSON summary.
+    (finishes the batch, commits) and prints a JSON summary: `stop_reason` says why it stopped and
+    `unconsumed` which held partitions still had input. Exit code 0, or 3 when --idle-exit gave up
+    waiting for an assignment (input may be left unconsumed).
     """
     import orjson
 
-    from engine.runner import ScoringEngine, TopicsMissing
+    from engine.runner import NO_ASSIGNMENT, ScoringEngine, TopicsMissing
     from engine.serving import ModelUnavailable
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -96,6 +100,11 @@ def run(
         _fail(str(exc))
     stats = engine.run(max_seconds=max_seconds, idle_exit_s=idle_exit, max_events=max_events)
     typer.echo(orjson.dumps(stats.as_dict()).decode())
+    if stats.stop_reason == NO_ASSIGNMENT:
+        typer.secho(f"error: no partition of {cfg.input_topic!r} was assigned to this process while --idle-exit "
+                    f"waited (group {cfg.group_id!r}: do other members hold them all?); input may be left unconsumed",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(3)
 
 
 @topics_app.command("create")
