@@ -41,7 +41,7 @@ from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
 from engine.store import PartitionStore
-from engine.topics import TopicSpec, ensure_topics
+from engine.topics import TopicSpec, cluster_metadata, ensure_topics
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, expired_keys, process_batch
 from features.schema import LATE, InvalidEvent
@@ -152,6 +152,7 @@ class ScoringEngine:
         self._refused_seen = 0
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
+        md = cluster_metadata(bootstrap)  # BrokerUnreachable, before any client starts retrying
         producer_conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
@@ -164,7 +165,7 @@ class ScoringEngine:
             producer_conf["transactional.id"] = self._transactional_id()
             producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
         self._producer = Producer(producer_conf)
-        self._prepare_topics()
+        self._prepare_topics(md)
         if self._eos:
             # Fences any earlier incarnation with the same id and aborts its open transaction.
             self._producer.init_transactions(60)
@@ -189,8 +190,7 @@ class ScoringEngine:
             str(self.cfg.state_dir.resolve()).encode(), digest_size=6).hexdigest()
         return f"streamscore-{self.cfg.group_id}-{instance}"
 
-    def _prepare_topics(self) -> None:
-        md = self._producer.list_topics(timeout=30)
+    def _prepare_topics(self, md: Any) -> None:
         missing = [t for t in (self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic)
                    if t not in md.topics or md.topics[t].error is not None]
         if missing:
