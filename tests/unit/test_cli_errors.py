@@ -102,11 +102,12 @@ def test_debug_flag_and_variable_show_the_traceback(logs: Path) -> None:
 
 
 def test_unreachable_broker_gives_up_in_bounded_time(tmp_path: Path) -> None:
-    """`topics create` and `run` against a closed port: a clear message within the connect
+    """`topics create`, `run` and `gen stream` against a closed port: a clear message within the connect
     timeout (STREAMSCORE_CONNECT_TIMEOUT), not librdkafka's retry lines or a traceback."""
     registry = registry_with_champion(tmp_path / "registry")
     address = f"127.0.0.1:{closed_port()}"
-    for args in (["topics", "create"], ["run", "--registry", str(registry), "--idle-exit", "1"]):
+    for args in (["topics", "create"], ["run", "--registry", str(registry), "--idle-exit", "1"],
+                 ["gen", "stream", "--topic", "clicks", "--rate", "10", "--seconds", "1"]):
         rc, _, stderr, seconds = streamscore(*args, cwd=tmp_path, KAFKA_BOOTSTRAP_SERVERS=address,
                                              STREAMSCORE_CONNECT_TIMEOUT="2")
         assert rc == 1, tail(stderr)
@@ -130,3 +131,7 @@ def test_missing_topics_say_how_to_create_them(kafka_bootstrap: str, tmp_path: P
     rc, _, stderr, _ = streamscore("run", "--config", str(config), cwd=tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     assert rc == 1, tail(stderr)
     assert_one_clear_line(stderr, "do not exist", "streamscore topics create")
+    rc, _, stderr, _ = streamscore("gen", "stream", "--topic", f"nope-{time.monotonic_ns()}", "--events", "10",
+                                   cwd=tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    assert rc == 1, tail(stderr)
+    assert_one_clear_line(stderr, "does not exist", "streamscore topics create")
