@@ -76,6 +76,28 @@ class BrokerNotRunning(BrokerError):
     """No bootstrap servers configured and no local broker running."""
 
 
+class BrokerUnreachable(BrokerError):
+    """The configured Kafka cluster did not answer within the connect timeout."""
+
+
+DEFAULT_CONNECT_TIMEOUT_S = 15.0
+
+
+def connect_timeout_s() -> float:
+    """How long a command waits for the Kafka cluster to answer before giving up:
+    `$STREAMSCORE_CONNECT_TIMEOUT` seconds, default 15."""
+    raw = os.environ.get("STREAMSCORE_CONNECT_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 600:
+        raise BrokerError(f"STREAMSCORE_CONNECT_TIMEOUT must be seconds in (0, 600], got {raw!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Defaults and pure helpers
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,14 @@
 
 Subcommands: run, topics, train, features, demo, and the mounted groups broker, gen, model.
 Heavy modules are imported inside commands so `--help` stays fast.
+
+User errors are handled in one place, the root group (`_Root`): an exception listed in
+`USER_ERRORS` (bad configuration, unreadable or invalid logs, broker not running or unreachable,
+missing topics, no model, registry problems) ends in one `error: ...` line on stderr saying what
+to fix and exit code 2 (the command line or configuration is wrong) or 1 (the environment or
+the data is); `run` exits 3 when --idle-exit gave up waiting for an assignment. Anything else is
+a bug and keeps its traceback. `--debug` (or STREAMSCORE_DEBUG=1) shows the traceback of user
+errors too.
 """
 
 from __future__ import annotations
@@ -9,19 +17,73 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from engine.cli_broker import broker_app
 from engine.cli_gen import gen_app
 from models.cli import model_app
+
+# Exceptions whose message tells the user what to fix: (module, class, exit code, message prefix).
+# Matched by class through `sys.modules`, so handling an error imports nothing heavy: an exception
+# of a module that was never imported cannot have been raised.
+USER_ERRORS: tuple[tuple[str, str, int, str], ...] = (
+    ("engine.config", "ConfigError", 2, ""),
+    ("features.spec", "DurationError", 2, ""),
+    ("engine.broker", "BrokerError", 1, ""),  # not running, unreachable, failed to start
+    ("engine.topics", "TopicError", 1, ""),
+    ("engine.runner", "TopicsMissing", 1, ""),
+    ("engine.runner", "DeliveryFailed", 1, ""),
+    ("engine.serving", "ModelUnavailable", 1, ""),
+    ("features.eventlog", "EventLogError", 1, ""),
+    ("models.pipeline", "NoValidEvents", 1, ""),
+    ("models.split", "SplitError", 1, "not enough history for a time-gapped holdout, give a longer log: "),
+    ("models.registry", "RegistryError", 1, ""),
+    ("models.manifest", "ManifestError", 1, ""),
+)
+DEBUG = "streamscore.debug"  # ctx.meta key set by the root callback
+
+
+def user_error(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) if `exc` is a user error (see `USER_ERRORS`), else None (a bug)."""
+    for module, name, code, prefix in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return prefix + " ".join(str(exc).split()), code
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is not None and isinstance(exc, kafka.KafkaException):
+        err = exc.args[0] if exc.args else None
+        return f"Kafka: {err.str() if isinstance(err, kafka.KafkaError) else exc}", 1
+    if isinstance(exc, OSError) and exc.filename is not None:  # a path that is missing, unreadable, ...
+        return f"{exc.filename}: {exc.strerror or exc}", 1
+    return None
+
+
+class _Root(TyperGroup):
+    """The root command group: turns user errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # click's own exits and usage errors are not in USER_ERRORS
+            known = user_error(exc)
+            if known is None or ctx.meta.get(DEBUG):
+                raise
+            message, code = known
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
     name="streamscore",
     help="Streaming real-time scoring: Kafka clicks in, windowed RocksDB features, ONNX scores out.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Root,
+    pretty_exceptions_enable=False,  # plain tracebacks for bugs (never with locals); user errors: one line
 )
 app.add_typer(broker_app, name="broker", help="Manage the local single-node Apache Kafka broker.")
 app.add_typer(gen_app, name="gen", help="Generate synthetic clickstreams (files or live topics).")
@@ -34,30 +96,22 @@ app.add_typer(features_app, name="features")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML engine config (see docs/configuration.md).")
 
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+@app.callback()
+def _root(ctx: typer.Context, debug: bool = typer.Option(
+        False, "--debug", envvar="STREAMSCORE_DEBUG", help="Show the full traceback of user errors too.")) -> None:
+    ctx.meta[DEBUG] = debug
 
 
 def _bootstrap(cfg_bootstrap: Optional[str]) -> str:
-    from engine.broker import BrokerNotRunning, resolve_bootstrap
+    from engine.broker import resolve_bootstrap
 
-    if cfg_bootstrap:
-        return cfg_bootstrap
-    try:
-        return resolve_bootstrap()
-    except BrokerNotRunning as exc:
-        _fail(str(exc))
-        raise  # unreachable
+    return cfg_bootstrap or resolve_bootstrap()
 
 
 def _load(config: Optional[Path], **overrides):  # type: ignore[no-untyped-def]
-    from engine.config import ConfigError, load_config
+    from engine.config import load_config
 
-    try:
-        return load_config(config, **overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    return load_config(config, **overrides)
 
 
 @app.command()
@@ -66,7 +120,9 @@ def run(
     group_id: Optional[str] = typer.Option(None, help="Consumer group id (processes sharing it share partitions)."),
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
     max_events: Optional[int] = typer.Option(None, help="Stop after consuming this many messages."),
-    idle_exit: Optional[float] = typer.Option(None, help="Stop after this many seconds without input."),
+    idle_exit: Optional[float] = typer.Option(None, help=(
+        "Stop after this many seconds idle: holding partitions, all caught up, no input. Waiting for an "
+        "assignment is not idle; holding none for this + 3 session timeouts exits with code 3.")),
     metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on this port (0: off)."),
     metrics_host: Optional[str] = typer.Option(None, help="Address the metrics endpoint binds."),
     state_dir: Optional[Path] = typer.Option(None, help="Directory of the per-partition RocksDB stores."),
@@ -79,23 +135,26 @@ def run(
     """Run one scoring process: consume clicks, score every event, publish to the scores topic.
 
     Start more processes with the same --group-id to scale out. Stops cleanly on SIGTERM/Ctrl-C
-    (finishes the batch, commits) and prints a JSON summary.
+    (finishes the batch, commits) and prints a JSON summary: `stop_reason` says why it stopped and
+    `unconsumed` which held partitions still had input. Exit code 0, or 3 when --idle-exit gave up
+    waiting for an assignment (input may be left unconsumed).
     """
     import orjson
 
-    from engine.runner import ScoringEngine, TopicsMissing
-    from engine.serving import ModelUnavailable
+    from engine.runner import NO_ASSIGNMENT, ScoringEngine
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config, group_id=group_id, metrics_port=metrics_port, metrics_host=metrics_host, state_dir=state_dir,
                 registry=registry, include_features=include_features, shadow=shadow, canary_share=canary_share)
     bootstrap = _bootstrap(cfg.bootstrap_servers)
-    try:
-        engine = ScoringEngine(cfg, bootstrap)
-    except (ModelUnavailable, TopicsMissing) as exc:
-        _fail(str(exc))
+    engine = ScoringEngine(cfg, bootstrap)
     stats = engine.run(max_seconds=max_seconds, idle_exit_s=idle_exit, max_events=max_events)
     typer.echo(orjson.dumps(stats.as_dict()).decode())
+    if stats.stop_reason == NO_ASSIGNMENT:
+        typer.secho(f"error: no partition of {cfg.input_topic!r} was assigned to this process while --idle-exit "
+                    f"waited (group {cfg.group_id!r}: do other members hold them all?); input may be left unconsumed",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(3)
 
 
 @topics_app.command("create")

@@ -8,6 +8,9 @@ Environment variables:
                               `streamscore broker start`)
     STREAMSCORE_HOME          runtime directory (default ./.streamscore): state, registry, broker
     STREAMSCORE_REGISTRY      model registry root (default $STREAMSCORE_HOME/registry)
+    STREAMSCORE_CONNECT_TIMEOUT  seconds a command waits for Kafka to answer (default 15;
+                              `engine.broker.connect_timeout_s`)
+    STREAMSCORE_DEBUG         1: the CLI shows tracebacks of user errors too (like --debug)
 """
 
 from __future__ import annotations
@@ -149,7 +152,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfi
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {p} must hold a mapping at top level")
         raw = dict(loaded)
@@ -185,6 +193,6 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
                 kwargs[key] = value
     except ConfigError:
         raise
-    except (TypeError, ValueError, OSError) as exc:
+    except (TypeError, ValueError, OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     return EngineConfig(**kwargs)

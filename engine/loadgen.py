@@ -185,7 +185,10 @@ def produce(
     raises :class:`DeliveryError` after flushing, as does a flush timeout.
     Ctrl-C stops production early; the messages sent so far are flushed and
     summarised.  ``producer_factory`` (default ``confluent_kafka.Producer``)
-    receives the merged config dict; tests pass a fake.
+    receives the merged config dict; tests pass a fake.  With the real producer,
+    an unreachable cluster raises ``engine.broker.BrokerUnreachable`` and a missing
+    topic ``engine.topics.TopicError`` before anything is produced (instead of
+    librdkafka retrying each message until its timeout).
     """
     from confluent_kafka import KafkaError, KafkaException
 
@@ -205,6 +208,12 @@ def produce(
     if producer_factory is None:
         from confluent_kafka import Producer
 
+        from engine.topics import TopicError, cluster_metadata
+
+        found = cluster_metadata(bootstrap).topics.get(topic)
+        if found is None or found.error is not None:
+            raise TopicError(f"topic {topic!r} does not exist on {bootstrap}: create it with "
+                             "`streamscore topics create` (or your cluster's tooling)")
         producer_factory = Producer
     producer = producer_factory(conf)
 

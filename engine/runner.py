@@ -41,7 +41,7 @@ from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
 from engine.store import PartitionStore
-from engine.topics import TopicSpec, ensure_topics
+from engine.topics import TopicSpec, cluster_metadata, ensure_topics
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, expired_keys, process_batch
 from features.schema import LATE, InvalidEvent
@@ -50,6 +50,17 @@ log = logging.getLogger("streamscore.engine")
 
 EMPTY = "empty"
 PROGRESS_EVERY_S = 10.0
+# Why `run` returned (RunStats.stop_reason).
+STOPPED = "stopped"  # stop() or SIGTERM/SIGINT
+IDLE = "idle"  # idle_exit_s: every held partition caught up, no input, for that long
+MAX_SECONDS = "max_seconds"
+MAX_EVENTS = "max_events"
+NO_ASSIGNMENT = "no_assignment"  # idle_exit_s: held no partition for the bounded wait (not idle)
+FAILED = "error"  # the loop raised
+# With idle_exit_s, a process holding no partition waits this many session timeouts beyond
+# idle_exit_s for one before giving up: a killed member's partitions are only reassigned once its
+# session has timed out (and the rebalance completes).
+ASSIGNMENT_WAIT_SESSIONS = 3
 
 
 class DeliveryFailed(RuntimeError):
@@ -74,6 +85,8 @@ class RunStats:
     expired_records: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    unconsumed: dict[int, int] = field(default_factory=dict)  # held partition -> messages left, at stop
 
     @property
     def dlq_total(self) -> int:
@@ -92,6 +105,8 @@ class RunStats:
             "latency_ms": self.latency_ms,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.consumed / self.seconds, 1) if self.seconds else 0.0,
+            "stop_reason": self.stop_reason,
+            "unconsumed": {str(p): n for p, n in sorted(self.unconsumed.items())},
         }
 
 
@@ -112,6 +127,9 @@ class _Partition:
     clock: PartitionClock
     applied: int | None  # next input offset the store reflects
     sweep_after: str | None = None  # the expiry sweep resumes after this key (None: from the start)
+    # The group's committed offset when assigned (where consumption began; -1001: none), read
+    # only for a partition that has returned nothing yet and so has no position (see `_lag`).
+    start: int | None = None
 
 
 class ScoringEngine:
@@ -134,6 +152,7 @@ class ScoringEngine:
         self._refused_seen = 0
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
+        md = cluster_metadata(bootstrap)  # BrokerUnreachable, before any client starts retrying
         producer_conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
@@ -146,7 +165,7 @@ class ScoringEngine:
             producer_conf["transactional.id"] = self._transactional_id()
             producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
         self._producer = Producer(producer_conf)
-        self._prepare_topics()
+        self._prepare_topics(md)
         if self._eos:
             # Fences any earlier incarnation with the same id and aborts its open transaction.
             self._producer.init_transactions(60)
@@ -171,8 +190,7 @@ class ScoringEngine:
             str(self.cfg.state_dir.resolve()).encode(), digest_size=6).hexdigest()
         return f"streamscore-{self.cfg.group_id}-{instance}"
 
-    def _prepare_topics(self) -> None:
-        md = self._producer.list_topics(timeout=30)
+    def _prepare_topics(self, md: Any) -> None:
         missing = [t for t in (self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic)
                    if t not in md.topics or md.topics[t].error is not None]
         if missing:
@@ -202,8 +220,18 @@ class ScoringEngine:
 
     def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None,
             max_events: int | None = None) -> RunStats:
-        """Process until stopped, `max_seconds` elapsed, `max_events` consumed, or no input for
-        `idle_exit_s` (counted from the start until the first message). Always closes cleanly."""
+        """Process until stopped, `max_seconds` elapsed, `max_events` consumed, or idle for
+        `idle_exit_s`. Always closes cleanly; `stop_reason` of the stats says which.
+
+        Idle means: the process holds at least one partition, every held partition is caught up
+        (its position is at the end of committed data, by the consumer's cached end offsets) and
+        no input arrived, continuously for `idle_exit_s`. Waiting for an assignment (say, while a
+        killed member's session times out) is not idleness: with `idle_exit_s`, a process that
+        holds no partition waits up to `idle_exit_s` + ASSIGNMENT_WAIT_SESSIONS session timeouts
+        for one, then stops with `stop_reason` NO_ASSIGNMENT (the CLI exits non-zero). At any stop,
+        `unconsumed` lists the held partitions known to have input left (max_seconds, max_events,
+        stop() can leave some; idle cannot), and a warning is logged.
+        """
         http = serve_http(self.metrics, self.cfg.metrics_port, self.cfg.metrics_host) if self.cfg.metrics_port else None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,8 +239,12 @@ class ScoringEngine:
         self._consumer.subscribe(
             [self.cfg.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        start = last_input = last_progress = time.monotonic()
+        start = last_progress = time.monotonic()
+        idle_since: float | None = None  # since when every held partition is caught up, no input
+        unassigned_since: float | None = start  # since when no partition is held
+        assignment_wait_s = (idle_exit_s or 0.0) + ASSIGNMENT_WAIT_SESSIONS * self.cfg.session_timeout_ms / 1000.0
         wait_s = self.cfg.batch_wait_ms / 1000.0
+        reason = STOPPED
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
@@ -222,23 +254,92 @@ class ScoringEngine:
                     self._publish_models()
                 if msgs:
                     self._process(msgs)
-                    last_input = now
-                elif idle_exit_s is not None and now - last_input >= idle_exit_s:
-                    break
+                if self._partitions:
+                    unassigned_since = None
+                elif unassigned_since is None:
+                    unassigned_since = now
+                if idle_exit_s is not None:
+                    if msgs or not self._partitions or not self._caught_up():
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    if idle_since is not None and now - idle_since >= idle_exit_s:
+                        reason = IDLE
+                        break
+                    if unassigned_since is not None and now - unassigned_since >= assignment_wait_s:
+                        reason = NO_ASSIGNMENT
+                        break
                 if max_seconds is not None and now - start >= max_seconds:
+                    reason = MAX_SECONDS
                     break
                 if max_events is not None and self.stats.consumed >= max_events:
+                    reason = MAX_EVENTS
                     break
                 if now - last_progress >= PROGRESS_EVERY_S:
                     last_progress = now
                     log.info("progress %s", self.stats.as_dict())
+        except BaseException:
+            reason = FAILED
+            raise
         finally:
+            self.stats.stop_reason = reason
+            try:
+                self._report_stop(reason, assignment_wait_s)
+            except (KafkaException, RuntimeError) as exc:  # the report must not hide the loop's own error
+                log.warning("could not read the partitions' positions at stop: %s", exc)
             self.stats.seconds = time.monotonic() - start
             self.stats.latency_ms = self.latency.summary()
             self._close()
             if http:
                 http.shutdown()
         return self.stats
+
+    def _lag(self) -> dict[int, int | None]:
+        """Messages left to consume on each held partition: the consumer's cached end offset
+        (of committed data: read_committed) minus its position, without network I/O except once
+        per assignment for a partition that has returned nothing yet (it has no position: its
+        consumption began at the group's committed offset, or at the log start without one).
+        None where not known yet (no fetch response since the assignment)."""
+        tps = [TopicPartition(self.cfg.input_topic, p) for p in self._partitions]
+        positions = self._consumer.position(tps) if tps else []
+        unread = [TopicPartition(tp.topic, tp.partition) for tp in positions
+                  if tp.offset < 0 and self._partitions[tp.partition].start is None]
+        if unread:
+            try:
+                for tp in self._consumer.committed(unread, timeout=10):
+                    self._partitions[tp.partition].start = tp.offset
+            except KafkaException as exc:  # unknown for now: asked again next time
+                log.debug("committed offsets not available: %s", exc)
+        lag: dict[int, int | None] = {}
+        for tp in positions:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            pos = tp.offset
+            if pos < 0:
+                start = self._partitions[tp.partition].start
+                if start is None:
+                    pos = -1  # not known yet
+                elif start < 0:
+                    pos = low  # no committed offset: auto.offset.reset=earliest
+                else:
+                    pos = start
+            lag[tp.partition] = max(high - pos, 0) if high >= 0 and pos >= 0 else None
+        return lag
+
+    def _caught_up(self) -> bool:
+        return all(n == 0 for n in self._lag().values())
+
+    def _report_stop(self, reason: str, assignment_wait_s: float) -> None:
+        """Record the input known to be left on held partitions and say why the loop stopped."""
+        self.stats.unconsumed = {p: n for p, n in self._lag().items() if n}
+        if reason == NO_ASSIGNMENT:
+            log.error("stopping: no partition of %s was assigned to this process for %.0f s (another member "
+                      "holds them all, or the group did not rebalance); consumed %d",
+                      self.cfg.input_topic, assignment_wait_s, self.stats.consumed)
+        elif self.stats.unconsumed:
+            log.warning("stopping (%s) with input left unconsumed on held partitions: %s messages by partition",
+                        reason, self.stats.unconsumed)
+        else:
+            log.info("stopping (%s); consumed %d", reason, self.stats.consumed)
 
     def _close(self) -> None:
         try:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic
 
-__all__ = ["TopicError", "TopicSpec", "delete_topics", "ensure_topics", "topic_config"]
+from engine.broker import BrokerUnreachable, connect_timeout_s
+
+__all__ = ["TopicError", "TopicSpec", "cluster_metadata", "delete_topics", "ensure_topics", "topic_config"]
 
 
 class TopicError(RuntimeError):
@@ -59,6 +61,25 @@ def _admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
+def cluster_metadata(bootstrap: str, timeout: float | None = None) -> ClusterMetadata:
+    """The cluster's metadata (brokers, topics), or BrokerUnreachable after `timeout` seconds
+    (default `engine.broker.connect_timeout_s()`). The probe client logs nothing itself: an
+    unreachable cluster is reported once, by the exception, not by librdkafka's retry lines."""
+    wait = connect_timeout_s() if timeout is None else timeout
+    try:
+        return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=wait)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"cannot reach Kafka at {bootstrap} within {wait:g} s ({_reason(exc)}): start it with `streamscore "
+            "broker start`, or fix KAFKA_BOOTSTRAP_SERVERS / bootstrap_servers "
+            "(STREAMSCORE_CONNECT_TIMEOUT sets the wait)") from exc
+
+
+def _reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
 def _error_code(exc: BaseException) -> Any:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return exc.args[0].code()
@@ -96,6 +117,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 3
         raise ValueError(f"duplicate topic names in {names}")
     if not specs:
         return []
+    cluster_metadata(bootstrap, min(timeout, connect_timeout_s()))  # fail fast, clearly, if unreachable
     deadline = time.monotonic() + timeout
     admin = _admin(bootstrap)
     counts = _partition_counts(admin, timeout)

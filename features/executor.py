@@ -8,6 +8,10 @@ event time processed in the partition minus the spec's grace. An event with ``ts
 is late: it changes no state and gets no feature row; the caller dead-letters it. Everything
 happens in processing (offset) order, event by event, so the result does not depend on where
 batch boundaries fall.
+
+Rows are float32. A feature value beyond float32's range (an aggregate of large prices, or a ratio
+with a tiny denominator; magnitude above `FLOAT32_MAX`, ±inf included) saturates to ±`FLOAT32_MAX`,
+so no row ever holds ±inf (docs/features.md, "Vectors").
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from features.compute import FeatureComputer
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -104,8 +110,24 @@ def process_batch(
     for key, state in live.items():
         dead = watermark is not None and computer.prune(state, watermark)
         out[key] = None if dead else computer.encode(state)
-    matrix = np.asarray(rows, dtype=np.float32) if rows else np.empty((0, computer.width), np.float32)
-    return BatchResult(matrix, scored, late, out)
+    return BatchResult(float32_rows(rows, computer.width), scored, late, out)
+
+
+def float32_rows(rows: Sequence[Sequence[float]], width: int) -> np.ndarray:
+    """The float32 matrix [len(rows), width] of feature rows, saturating: a value whose magnitude
+    exceeds `FLOAT32_MAX` (±inf included) becomes ±`FLOAT32_MAX`; NaN stays NaN; every other
+    value is rounded to nearest as usual.
+
+    Equals clipping the float64 values to [-FLOAT32_MAX, FLOAT32_MAX] before rounding: a value
+    above the range either rounds to FLOAT32_MAX or overflows to inf, which the clip brings back.
+    """
+    if not rows:
+        return np.empty((0, width), np.float32)
+    with np.errstate(over="ignore"):  # overflow is expected here and resolved just below
+        matrix = np.asarray(rows, dtype=np.float32)
+    if np.isinf(matrix).any():
+        np.clip(matrix, -FLOAT32_MAX, FLOAT32_MAX, out=matrix)
+    return matrix
 
 
 def expired_keys(computer: FeatureComputer, records: Iterable[tuple[str, bytes]], watermark: int) -> list[str]:

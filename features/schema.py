@@ -20,7 +20,9 @@ ts          int            required; event time in epoch **milliseconds** (UTC).
 session_id  str | None
 page        str | None
 product_id  str | None
-price       float | None   must be finite and >= 0
+price       float | None   must be finite, >= 0 and <= `max_price` (default
+                           `MAX_PRICE`, the largest float32: a value the float32
+                           feature vector can carry); above it: ``out_of_range``
 device      str | None
 country     str | None
 referrer    str | None
@@ -71,6 +73,10 @@ LATE = "late"
 # 2000-01-01 and 2100-01-01 in epoch ms: anything outside is an absurd timestamp.
 DEFAULT_MIN_TS_MS = 946_684_800_000
 DEFAULT_MAX_TS_MS = 4_102_444_800_000
+# The largest float32 (3.4028234663852886e38). Feature vectors are float32, so a greater price
+# could not be represented; capping inputs here also keeps every float64 window sum finite (it
+# would take ~5e269 such prices to overflow), so state never holds inf (orjson would store null).
+MAX_PRICE = 3.4028234663852886e38
 
 
 class InvalidEvent(ValueError):
@@ -97,6 +103,7 @@ class EventSchema:
         required: canonical fields that must be present and non-null.
         max_bytes: messages larger than this are rejected as ``oversize`` before parsing.
         min_ts_ms / max_ts_ms: event times outside [min, max) are ``bad_timestamp``.
+        max_price: prices above this are ``out_of_range``; at most (and by default) `MAX_PRICE`.
     """
 
     field_map: Mapping[str, str] = field(default_factory=dict)
@@ -104,6 +111,7 @@ class EventSchema:
     max_bytes: int = 1_048_576
     min_ts_ms: int = DEFAULT_MIN_TS_MS
     max_ts_ms: int = DEFAULT_MAX_TS_MS
+    max_price: float = MAX_PRICE
 
     def __post_init__(self) -> None:
         unknown = set(self.field_map) - set(CANONICAL_FIELDS)
@@ -120,6 +128,10 @@ class EventSchema:
                 raise ValueError(f"schema.required must include {must!r}: features are keyed by it")
         if self.max_bytes <= 0 or self.min_ts_ms >= self.max_ts_ms:
             raise ValueError("schema limits must satisfy max_bytes > 0 and min_ts_ms < max_ts_ms")
+        if (isinstance(self.max_price, bool) or not isinstance(self.max_price, (int, float))
+                or not 0 < self.max_price <= MAX_PRICE):
+            raise ValueError(f"schema.max_price must be a number in (0, {MAX_PRICE!r}] (the largest float32), "
+                             f"got {self.max_price!r}")
         # Precomputed (canonical, upstream, kind, required) per field: the decode loop is hot.
         kinds = {"ts": _TS, "price": _PRICE} | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
         object.__setattr__(self, "_plan", tuple(
@@ -146,6 +158,7 @@ class EventSchema:
         event: dict[str, Any] = {}
         get = obj.get
         lo, hi = self.min_ts_ms, self.max_ts_ms
+        max_price = self.max_price
         for canonical, upstream, kind, required in self._plan:  # type: ignore[attr-defined]
             value = get(upstream)
             if value is None:
@@ -166,8 +179,8 @@ class EventSchema:
                 event["ts"] = (value if type(value) is int and lo <= value < hi
                                else self._timestamp(value, upstream))
             else:
-                event["price"] = (value if type(value) is float and 0.0 <= value < math.inf
-                                  else _price(value, upstream))
+                event["price"] = (value if type(value) is float and 0.0 <= value <= max_price
+                                  else _price(value, upstream, max_price))
         if event["user_id"] == "":
             raise InvalidEvent(MISSING_FIELD, f"field {self.upstream_name('user_id')!r} is empty")
         return event
@@ -215,12 +228,17 @@ def _identifier(value: Any, name: str) -> str:
     raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be a string or integer, got {type(value).__name__}")
 
 
-def _price(value: Any, name: str) -> float:
+def _price(value: Any, name: str, max_price: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be a number, got {type(value).__name__}")
-    price = float(value)
+    try:
+        price = float(value)
+    except OverflowError:  # an int beyond float64 (not from JSON: orjson reads those as floats)
+        raise InvalidEvent(OUT_OF_RANGE, f"field {name!r} is above the maximum {max_price!r}") from None
     if not math.isfinite(price):
         raise InvalidEvent(NON_FINITE, f"field {name!r} is {value}")
     if price < 0:
         raise InvalidEvent(OUT_OF_RANGE, f"field {name!r}={price} is negative")
+    if price > max_price:
+        raise InvalidEvent(OUT_OF_RANGE, f"field {name!r}={price!r} is above the maximum {max_price!r}")
     return price

@@ -32,7 +32,7 @@ import orjson
 
 # Bump when the executor's semantics change in a way that changes feature values: every spec
 # hash changes with it, so old models are refused instead of silently skewed.
-SEMANTICS_VERSION = 1
+SEMANTICS_VERSION = 2
 
 NUMERIC_FIELDS = frozenset({"price"})
 CATEGORICAL_FIELDS = frozenset(
@@ -45,15 +45,19 @@ _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
+class DurationError(ValueError):
+    """A duration that is neither milliseconds nor a string like ``"10m"``."""
+
+
 def parse_duration(value: int | str) -> int:
     """Milliseconds from an int (ms) or a string like ``"90s"``, ``"10m"``, ``"1h"``, ``"7d"``."""
     if isinstance(value, bool):
-        raise ValueError(f"duration must be ms or a string like '10m', got {value!r}")
+        raise DurationError(f"duration must be ms or a string like '10m', got {value!r}")
     if isinstance(value, int):
         return value
     match = _DURATION.match(str(value).strip())
     if not match:
-        raise ValueError(f"duration {value!r} is not like '500ms', '30s', '10m', '1h' or '7d'")
+        raise DurationError(f"duration {value!r} is not like '500ms', '30s', '10m', '1h' or '7d'")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 

@@ -24,6 +24,10 @@ from models.train import KINDS
 from models.training_run import TrainingRunResult, train_and_register
 
 
+class NoValidEvents(ValueError):
+    """The event log holds no event that passes validation; the message counts the reasons."""
+
+
 def train_from_log(
     events_path: str | Path,
     spec: FeatureSpec,
@@ -50,7 +54,10 @@ def train_from_log(
     invalid: dict[str, int] = {}
     events = list(read_events(events_path, schema or EventSchema(), invalid))
     if not events:
-        raise ValueError(f"{events_path} holds no valid events (invalid: {invalid})")
+        fields = ", ".join((schema or EventSchema()).required)
+        raise NoValidEvents(
+            f"{events_path} holds no valid events (invalid by reason: {invalid or 'the log is empty'}); every "
+            f"event needs {fields}: check the log, or map its field names with schema.field_map in --config")
     table = replay(events, spec, num_partitions, invalid=invalid)
     say(f"  features: {len(table):,} rows x {spec.width} from {len(events):,} events in "
         f"{time.perf_counter() - t0:.1f} s (late {len(table.late):,}, invalid {sum(invalid.values()):,}, "

@@ -10,15 +10,25 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from engine.config import RocksDBConfig
 from engine.store import PartitionStore
 from features.clickstream import clickstream_spec
+from features.eventlog import read_events
 from features.offline import replay
 from features.schema import EventSchema, InvalidEvent
 from features.synthetic import ClickstreamGenerator, GeneratorConfig
-from tests.integration.conftest import PARTITIONS, TrainedModel, produce_all
+from tests.integration.conftest import (
+    PARTITIONS,
+    TrainedModel,
+    engine_config,
+    produce_all,
+    running_engine,
+    wait_for_stats,
+)
 from tests.integration.engine_process import (
     CommittedOffsets,
     EngineProcesses,
@@ -103,3 +113,53 @@ def test_online_vectors_equal_offline_replay_on_100k_events(
     rate = N_EVENTS / timings["engine: start to all committed"]
     print(f"\nparity timings (s): {({k: round(v, 1) for k, v in timings.items()})}; engine {rate:,.0f} events/s "
           f"end to end incl. start; engine stats {stats}")
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def test_prices_at_the_float32_limit_online_equal_offline(
+    kafka_bootstrap: str, make_topic, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """Issue 12, item 3: prices up to the largest float32 (whose sums and ratios leave float32's
+    range) and beyond it (1.7e308, a legal JSON number) through the real broker and engine: the
+    engine's vectors equal the offline replay's bit for bit, the saturated values are +-FLT_MAX
+    (never inf), and the out-of-range prices are dead-lettered `out_of_range` online and counted
+    invalid with the same reason offline."""
+    rng = np.random.default_rng(12)
+    t0 = int(START.timestamp() * 1000)
+    kinds = ("add_to_cart", "product_view", "purchase", "add_to_cart")
+    prices = (FLT_MAX, FLT_MAX, 3e38, 1e38, 1e-300, 5e-324, 0.0, 12.5, 1.7e308, None)
+    raws: list[tuple[bytes, bytes]] = []
+    for i in range(400):
+        user = f"u{rng.integers(0, 6)}"
+        price = prices[rng.integers(0, len(prices))]
+        event = {"event_id": f"e{i}", "user_id": user, "session_id": f"s{i // 50}", "event_type": kinds[i % 4],
+                 "ts": t0 + 1_000 * i, "price": price, "device": "mobile"}
+        raws.append((user.encode(), orjson.dumps(event)))
+    clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq", 1)
+    produce_all(kafka_bootstrap, clicks, raws)
+
+    log = tmp_path / "log.jsonl"  # the offline side reads the same payloads as a log file
+    log.write_bytes(b"".join(value + b"\n" for _, value in raws))
+    invalid: dict[str, int] = {}
+    events = list(read_events(log, EventSchema(max_bytes=65_536), invalid))  # the engine's schema
+    offline = replay(events, clickstream_spec(), num_partitions=PARTITIONS)
+    assert invalid and set(invalid) == {"out_of_range"}, invalid
+    saturated = offline.X == np.float32(FLT_MAX)
+    assert saturated.any(axis=0).sum() >= 3, "sums, means and ratios must leave float32's range"
+    assert not np.isinf(offline.X).any()
+
+    cfg = engine_config(tmp_path, trained_model, clicks, scores, dlq, include_features=True)
+    with running_engine(cfg, kafka_bootstrap) as engine:
+        wait_for_stats(engine, lambda s: s.consumed == len(raws), 120)
+    assert dict(engine.stats.dead_lettered) == invalid, engine.stats.as_dict()
+
+    online = score_vectors(kafka_bootstrap, scores, PARTITIONS)
+    assert online.keys() == set(offline.event_ids)
+    skewed = [eid for eid, row in zip(offline.event_ids, offline.X) if online[eid] != [row.tobytes()]]
+    assert not skewed, f"{len(skewed)} vectors differ from the offline replay, e.g. {skewed[:5]}"
+    dead = dead_letters(kafka_bootstrap, dlq)
+    assert [r for r, _ in dead] == ["out_of_range"] * invalid["out_of_range"]
+    assert all(orjson.loads(v)["price"] == 1.7e308 for _, v in dead)
+

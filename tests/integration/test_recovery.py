@@ -329,3 +329,52 @@ def test_kill_9_at_least_once(kafka_bootstrap: str, topics: Topics, trained_mode
     assert_outputs(kafka_bootstrap, topics, log, exactly_once=False)
     repeated = sum(len(v) - 1 for v in score_vectors(kafka_bootstrap, topics.scores, PARTITIONS).values())
     assert repeated <= max_batch, f"{repeated} repeated scores: more than the batch in flight at the crash"
+
+
+def test_idle_exit_waits_for_a_killed_members_partitions(kafka_bootstrap: str, topics: Topics,
+                                                        trained_model: TrainedModel, log: Log, tmp_path: Path) -> None:
+    """Issue 12, item 2. A holds every partition and is killed with SIGKILL; input waits on the
+    topic. B, started right away with `--idle-exit 1`, gets nothing until A's session times out
+    (~6 s). That wait is not idleness: B must stay, take the partitions, consume everything,
+    then stop as idle (rc 0, nothing unconsumed), with outputs exactly once."""
+    n = len(log.payloads)
+    half = n // 2
+    a_cfg = _config(tmp_path, kafka_bootstrap, topics, trained_model, "a")
+    b_cfg = _config(tmp_path, kafka_bootstrap, topics, trained_model, "b")
+    with EngineProcesses() as procs, CommittedOffsets(kafka_bootstrap, topics.group, topics.clicks,
+                                                      PARTITIONS) as committed:
+        a = procs.start(a_cfg, "a")
+        wait_until(lambda: a.assigned_now() == set(range(PARTITIONS)), 60, "a to hold every partition", procs.logs)
+        produce_all(kafka_bootstrap, topics.clicks, log.payloads[:half])
+        wait_until(lambda: committed.total() >= half // 4, 90, "a to commit progress", procs.logs)
+        a.kill()
+        produce_all(kafka_bootstrap, topics.clicks, log.payloads[half:])
+        b = procs.start(b_cfg, "b", "--idle-exit", "1")
+        stats = b.wait(120)
+        final = committed.total()
+    assert final == n, f"b exited with {n - final} messages uncommitted: {stats}\n{b.tail()}"
+    assert stats["stop_reason"] == "idle" and stats["unconsumed"] == {}, stats
+    assert stats["consumed"] >= n - half, stats
+    assert {p for p, _ in b.assignments()} == set(range(PARTITIONS)), b.tail()
+    assert_outputs(kafka_bootstrap, topics, log)
+
+
+def test_idle_exit_without_an_assignment_exits_non_zero(kafka_bootstrap: str, make_topic,  # type: ignore[no-untyped-def]
+                                                        trained_model: TrainedModel, tmp_path: Path) -> None:
+    """A live member holds the only partition: a second process with --idle-exit never gets one.
+    It must not report success: after idle-exit + 3 session timeouts it exits with code 3, says so
+    on stderr, and its summary's stop_reason is no_assignment."""
+    one = Topics(make_topic("clicks", 1), make_topic("scores", 1), make_topic("dlq", 1))
+    a_cfg = _config(tmp_path, kafka_bootstrap, one, trained_model, "a")
+    b_cfg = _config(tmp_path, kafka_bootstrap, one, trained_model, "b")
+    with EngineProcesses() as procs:
+        a = procs.start(a_cfg, "a")
+        wait_until(lambda: a.assigned_now() == {0}, 60, "a to hold the partition", procs.logs)
+        b = procs.start(b_cfg, "b", "--idle-exit", "0.5")
+        wait_until(lambda: not b.alive(), 90, "b to give up waiting for an assignment", procs.logs, poll=0.2)
+        assert a.alive() and a.assigned_now() == {0}, a.tail()
+        rc = b.proc.returncode
+        stats = b.stats()
+    assert rc == 3, b.tail()
+    assert stats["stop_reason"] == "no_assignment" and stats["consumed"] == 0 and not b.assignments(), stats
+    assert "no partition of" in b.log() and "Traceback" not in b.log(), b.tail()

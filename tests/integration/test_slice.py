@@ -123,3 +123,29 @@ def test_restart_resumes_from_committed_offsets_without_loss_or_duplicates(
     msgs = consume_n(kafka_bootstrap, scores, len(good), PARTITIONS)
     assert record_count(kafka_bootstrap, scores, PARTITIONS) == len(good)
     assert sorted(orjson.loads(m.value())["event_id"] for m in msgs) == sorted(e["event_id"] for e in good)
+
+
+def test_a_bounded_run_says_what_it_left_and_idle_exit_drains_the_rest(
+    kafka_bootstrap: str, make_topic, trained_model: TrainedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12, item 2: a run stopped by a bound (max_events here) with input left on its
+    partitions says so (stop_reason, unconsumed, a warning), so it does not look like a drained
+    input; a run with idle_exit stops only once it has consumed everything, reporting nothing left."""
+    clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq", 1)
+    good = _live_events(2_000, seed=14)
+    produce_all(kafka_bootstrap, clicks, [(e["user_id"].encode(), orjson.dumps(e)) for e in good])
+    cfg = engine_config(tmp_path, trained_model, clicks, scores, dlq, max_batch=100)
+
+    with caplog.at_level("WARNING", logger="streamscore.engine"):
+        with running_engine(cfg, kafka_bootstrap, max_events=1) as first:
+            stats = wait_for_stats(first, lambda s: s.stop_reason)
+    assert stats.stop_reason == "max_events" and 0 < stats.consumed <= 100, stats.as_dict()
+    left = sum(stats.unconsumed.values())
+    assert 0 < left <= len(good) - stats.consumed, stats.as_dict()
+    assert any("input left unconsumed" in r.getMessage() for r in caplog.records), caplog.text
+
+    with running_engine(cfg, kafka_bootstrap, idle_exit_s=0.5) as second:
+        rest = wait_for_stats(second, lambda s: s.stop_reason, timeout=90)
+    assert rest.stop_reason == "idle" and rest.unconsumed == {}, rest.as_dict()
+    assert stats.consumed + rest.consumed == len(good)
+    assert committed_total(kafka_bootstrap, cfg.group_id, clicks, PARTITIONS) == len(good)

@@ -53,8 +53,9 @@ from features.spec import (
 )
 
 NAN = math.nan
-# A ratio of a large sum to a tiny one overflows float32 to inf (the contract's "a / b").
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+# The contract: a value beyond float32 saturates to +-FLOAT32_MAX; no cast may overflow (warn).
+pytestmark = pytest.mark.filterwarnings("error:overflow encountered:RuntimeWarning")
+FLT_MAX = float(np.finfo(np.float32).max)
 
 # ---------------------------------------------------------------------------------------------
 # The oracle
@@ -205,7 +206,8 @@ class Oracle:
             self.memory_from[key] = len(hist)  # recency and session memory are forgotten first
         hist.append(event)
         row = _features_at(spec, hist, hist[self.memory_from.get(key, 0) :])
-        return np.asarray(row, dtype=np.float32)
+        # "Vectors are float32 ... a value beyond float32's range saturates": clip, then round.
+        return np.clip(np.asarray(row, dtype=np.float64), -FLT_MAX, FLT_MAX).astype(np.float32)
 
     def record_is_dead(self, key: str, watermark: int) -> bool:
         """Expiry: would the entity's record be deleted after a batch ending at `watermark`?"""
@@ -554,3 +556,23 @@ SUM_COMPUTER = FeatureComputer(SUM_SPEC)
 def test_float_summation_order(events: list[dict[str, Any]]) -> None:
     """Prices at float32 rounding midpoints: any other summation order shows in the rows."""
     _check_against_oracle(SUM_SPEC, SUM_COMPUTER, events, sizes=(1, len(events)))
+
+
+# Prices up to the schema's maximum (the largest float32) and tiny ones: sums, means and ratios
+# leave float32's range, and the rows must saturate exactly as the contract says (issue 12).
+HUGE_PRICES = st.one_of(
+    st.sampled_from([FLT_MAX, FLT_MAX, FLT_MAX / 2, 1e38, 3e38, 1e-300, 5e-324, 0.0, None, 1.0]),
+    st.floats(1e37, FLT_MAX),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_logs(max_events=40, users=2, prices=HUGE_PRICES), st.integers(1, 3))
+def test_prices_at_the_float32_limit_saturate_online_and_offline(events: list[dict[str, Any]], parts: int) -> None:
+    _check_against_oracle(SPEC, COMPUTER, events, sizes=(1, 4, len(events)))
+    _check_against_oracle(SUM_SPEC, SUM_COMPUTER, events, sizes=(1, len(events)))
+    table = replay(events, SUM_SPEC, num_partitions=parts, batch_size=3)
+    assert not np.isinf(table.X).any()
+    want_rows, _ = Oracle(SUM_SPEC, parts).run(events)
+    for j, i in enumerate(sorted(want_rows)):
+        assert_rows_equal(table.X[j], want_rows[i], SUM_SPEC.names, f"event {i}")

@@ -107,6 +107,27 @@ def test_non_finite_values() -> None:
         assert exc.value.reason == sch.NON_FINITE and repr(field) in exc.value.detail
 
 
+def test_price_beyond_float32_is_out_of_range() -> None:
+    """Issue 12, item 3: a legal float64 price (1.7e308) cannot be carried by the float32 feature
+    vector; it is dead-lettered as out_of_range instead of becoming inf."""
+    schema = EventSchema()
+    for value in (1.7e308, 3.5e38, float(sch.MAX_PRICE) * (1 + 2**-52), 10**400):
+        with pytest.raises(InvalidEvent) as exc:
+            schema.from_mapping({**GOOD, "price": value})
+        assert exc.value.reason == sch.OUT_OF_RANGE and "'price'" in exc.value.detail, value
+    assert reason(msg(price=1.7e308)) == sch.OUT_OF_RANGE
+    assert schema.decode(msg(price=sch.MAX_PRICE))["price"] == sch.MAX_PRICE  # the bound is inclusive
+    assert schema.from_mapping({**GOOD, "price": 10**30})["price"] == 1e30
+
+
+def test_max_price_is_configurable_and_validated() -> None:
+    assert reason(msg(price=1000.5), EventSchema(max_price=1000)) == sch.OUT_OF_RANGE
+    assert EventSchema(max_price=1000).decode(msg(price=1000))["price"] == 1000.0
+    for bad in (0, -1.0, 1e39, math.inf, True, "1e6"):
+        with pytest.raises(ValueError, match="max_price"):
+            EventSchema(max_price=bad)  # type: ignore[arg-type]
+
+
 def test_oversize_limit_is_configurable() -> None:
     raw = msg()
     assert reason(raw, EventSchema(max_bytes=len(raw) - 1)) == sch.OVERSIZE

@@ -27,7 +27,7 @@ from features.spec import (
 # A tripwire: the default spec's hash is what deployed models carry. If this changes, every model
 # trained before is refused by the engine; change it only on purpose (and bump SEMANTICS_VERSION
 # when the executor's semantics change).
-PINNED_CLICKSTREAM_HASH = "fs-808d328f4396e076"
+PINNED_CLICKSTREAM_HASH = "fs-f16efa7ba92e2125"  # SEMANTICS_VERSION 2
 
 
 def test_hash_format_and_determinism() -> None:
@@ -37,7 +37,7 @@ def test_hash_format_and_determinism() -> None:
 
 
 def test_default_spec_hash_is_pinned() -> None:
-    assert spec_mod.SEMANTICS_VERSION == 1
+    assert spec_mod.SEMANTICS_VERSION == 2
     assert clickstream_spec().hash == PINNED_CLICKSTREAM_HASH
 
 

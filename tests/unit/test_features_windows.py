@@ -382,3 +382,51 @@ def test_expired_keys_finds_untouched_dead_records_and_deleting_them_changes_not
     kept = process_batch(computer, PartitionClock(0, T + 100), [ev(101, user="a")], stored).rows
     fresh = process_batch(computer, PartitionClock(0, T + 100), [ev(101, user="a")], {}).rows
     assert kept.tobytes() == fresh.tobytes()
+
+
+# --- float32 range (issue 12, item 3) ---------------------------------------------------------
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.filterwarnings("error")  # the old cast warned "overflow encountered in cast"
+def test_values_beyond_float32_saturate_without_inf_or_warning() -> None:
+    """Each price is in range (<= the largest float32), but their sum, and a ratio over a tiny
+    denominator, are not: the row holds +-FLOAT32_MAX, never inf, and the stored state keeps the
+    exact float64 sums (so the next event's values are still right)."""
+    w = Window.tumbling(100)
+    spec = FeatureSpec("big", (
+        Aggregate("sum", "sum", w, "price"),
+        Aggregate("mean", "mean", w, "price"),
+        Aggregate("max", "max", w, "price"),
+        Aggregate("min", "min", w, "price"),
+        Ratio("sum_per_min", "sum", "min"),
+        CurrentValue("price", "price"),
+    ), grace_ms=100, idle_ttl_ms=1000)
+    rows, store = run(spec, [ev(1, price=FLT_MAX), ev(2, price=FLT_MAX), ev(3, price=1e-300), ev(150, price=2.0)])
+    check(rows, [
+        [FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, 1.0, FLT_MAX],
+        [FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, 2.0, FLT_MAX],  # sum 6.8e38: beyond float32 (the
+        # ratio divides the float64 values, before the row saturates: 6.8e38 / 3.4e38)
+        [FLT_MAX, 2 * FLT_MAX / 3, FLT_MAX, 0.0, FLT_MAX, 0.0],  # 6.8e38 / 1e-300: inf in float64
+        [2.0, 2.0, 2.0, 2.0, 1.0, 2.0],  # a new window: back in range
+    ])
+    computer = FeatureComputer(spec)
+    panes = computer.decode(store["u"])[computer._panes_at]
+    assert all(math.isfinite(x) for pane in panes for x in pane[1:] if isinstance(x, float)), panes
+
+
+@pytest.mark.filterwarnings("error")
+def test_float32_rows_saturates_exactly_like_clipping_in_float64() -> None:
+    from features.executor import FLOAT32_MAX, float32_rows
+
+    assert FLOAT32_MAX == FLT_MAX
+    values = [1.7e308, -1.7e308, math.inf, -math.inf, NAN, FLT_MAX, -FLT_MAX, 3.4028235677973366e38,
+              3.4028235e38 * (1 + 2**-30), 1e-300, 0.0, 1.5]
+    got = float32_rows([values, values[::-1]], len(values))
+    want = np.clip(np.array([values, values[::-1]], np.float64), -FLT_MAX, FLT_MAX).astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == (2, len(values))
+    assert ((np.isnan(got) & np.isnan(want)) | (got.view(np.uint32) == want.view(np.uint32))).all()
+    assert not np.isinf(got).any()
+    assert float32_rows([], 3).shape == (0, 3)
