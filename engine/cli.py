@@ -28,8 +28,10 @@ app.add_typer(gen_app, name="gen", help="Generate synthetic clickstreams (files 
 app.add_typer(model_app, name="model", help="Inspect and govern the model registry.")
 topics_app = typer.Typer(help="Create the engine's topics.", no_args_is_help=True)
 features_app = typer.Typer(help="Inspect feature specs and build offline feature tables.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective engine configuration.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(features_app, name="features")
+app.add_typer(config_app, name="config")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML engine config (see docs/configuration.md).")
 
@@ -112,9 +114,29 @@ def topics_create(
         TopicSpec(cfg.input_topic, partitions),
         TopicSpec(cfg.scores_topic, partitions),
         TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
-    ])
+    ], client=cfg.kafka)
     typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
                f"{cfg.dlq_topic}(1)")
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    full_spec: bool = typer.Option(False, help="Print the whole feature spec instead of its name and hash."),
+) -> None:
+    """Print the effective configuration (defaults < YAML < environment) as YAML, secrets masked.
+
+    Secrets: the value of any key containing password, secret, token, jaas, credential, ... is
+    shown as *****."""
+    import yaml
+
+    from engine.config import config_to_plain, masked
+
+    cfg = _load(config)
+    plain = config_to_plain(cfg)
+    if not full_spec:
+        plain["features"] = {"name": cfg.features.name, "hash": cfg.features.hash, "columns": cfg.features.width}
+    typer.echo(yaml.safe_dump(masked(plain), sort_keys=False), nl=False)
 
 
 @features_app.command("show")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -175,6 +176,9 @@ def stream(
     drift: DriftOpt = None,
     products: Products = 5_000,
     progress_every: Annotated[float, typer.Option("--progress-every", help="Seconds between progress lines.")] = 5.0,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Engine YAML config: its bootstrap_servers and `kafka:` client settings "
+                               "(security.protocol, sasl.*, ...) apply to the producer.")] = None,
 ) -> None:
     """Produce a synthetic clickstream to a Kafka topic, keyed by user_id, paced to --rate events/s.
 
@@ -190,6 +194,17 @@ def stream(
     """
     if events is None and seconds is None:
         raise typer.BadParameter("give --events and/or --seconds")
+    kafka_settings: dict = {}
+    if config is not None or any(v.startswith("STREAMSCORE_KAFKA__") for v in os.environ):
+        from engine.config import ConfigError, load_config
+
+        try:
+            engine_cfg = load_config(config)
+        except ConfigError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        kafka_settings = dict(engine_cfg.kafka)
+        bootstrap = bootstrap or engine_cfg.bootstrap_servers
     if bootstrap is None:
         from engine.broker import BrokerNotRunning, resolve_bootstrap
 
@@ -214,6 +229,7 @@ def stream(
         max_events=events,
         max_seconds=seconds,
         progress_every=progress_every,
+        producer_config=kafka_settings,
         log=sys.stderr,
     )
     typer.echo(

@@ -18,6 +18,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from engine.kafka_clients import client_settings
+
 __all__ = ["TopicError", "TopicSpec", "delete_topics", "ensure_topics", "topic_config"]
 
 
@@ -55,8 +57,8 @@ class TopicSpec:
         return NewTopic(self.name, num_partitions=self.partitions, config=self.topic_config())
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def _admin(bootstrap: str, client: Mapping[str, Any] | None) -> AdminClient:
+    return AdminClient(client_settings(bootstrap, client))
 
 
 def _error_code(exc: BaseException) -> Any:
@@ -83,13 +85,14 @@ def _check_partitions(specs: Iterable[TopicSpec], counts: Mapping[str, int]) -> 
                              "declared; delete the topic or change the declaration (partitions map keys to state)")
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
+                  client: Mapping[str, Any] | None = None) -> list[str]:
     """Create the topics of `specs` that do not exist; return the names this call created.
 
     Existing topics are left as they are (their configs are not altered) but must have the
     declared partition count, else TopicError. Returns when every declared topic is visible with
     a leader for each partition, so clients can use them at once; raises TopicError after
-    `timeout` seconds."""
+    `timeout` seconds. `client`: the user's Kafka settings (`engine.kafka_clients`)."""
     specs = list(specs)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -97,7 +100,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 3
     if not specs:
         return []
     deadline = time.monotonic() + timeout
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, client)
     counts = _partition_counts(admin, timeout)
     _check_partitions(specs, counts)
     missing = [s for s in specs if s.name not in counts]
@@ -133,12 +136,13 @@ def _await_visible(admin: AdminClient, specs: list[TopicSpec], deadline: float) 
         time.sleep(0.05)  # poll interval
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> None:
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0,
+                  client: Mapping[str, Any] | None = None) -> None:
     """Delete the named topics; topics that do not exist are ignored."""
     names = list(dict.fromkeys(names))
     if not names:
         return
-    admin = _admin(bootstrap)  # keep a reference: a collected client fails its futures
+    admin = _admin(bootstrap, client)  # keep a reference: a collected client fails its futures
     futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     for name, future in futures.items():
         try:
@@ -148,10 +152,11 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
                 raise TopicError(f"deleting topic {name!r} failed: {exc}") from exc
 
 
-def topic_config(bootstrap: str, name: str, timeout: float = 30.0) -> dict[str, str]:
+def topic_config(bootstrap: str, name: str, timeout: float = 30.0,
+                 client: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The effective configuration of topic `name` (describe_configs), as strings."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    admin = _admin(bootstrap)  # keep a reference: a collected client fails its futures
+    admin = _admin(bootstrap, client)  # keep a reference: a collected client fails its futures
     future = admin.describe_configs([resource], request_timeout=timeout)[resource]
     try:
         entries = future.result(timeout=timeout + 5)
