@@ -151,7 +151,7 @@ def features_show(config: Optional[Path] = ConfigOpt) -> None:
 
 @app.command()
 def train(
-    events: Path = typer.Option(..., exists=True, dir_okay=False, help="Historical event log in topic order: .jsonl, .jsonl.gz or .parquet."),
+    events: Path = typer.Option(..., exists=True, dir_okay=False, help="Historical event log in topic order: .jsonl[.gz], .csv[.gz] or .parquet (fields mapped by the config's schema)."),
     partitions: int = typer.Option(4, help="Partition count of the topic the log came from (lateness is per partition)."),
     horizon: str = typer.Option("1h", help="Label: purchase within this horizon after the event (e.g. 30m, 1h)."),
     config: Optional[Path] = ConfigOpt,

@@ -158,6 +158,9 @@ class EngineConfig:
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
+        unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)
+        need(not unmapped, f"features.extra_fields {sorted(unmapped)} are not mapped by schema.extra_fields "
+                           f"(which maps {dict(self.schema.extra_fields)})")
         try:
             check_user_settings(self.kafka)
         except KafkaSettingConflict as exc:
@@ -182,6 +185,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfi
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {p} must hold a mapping at top level")
         raw = dict(loaded)
+        if isinstance(raw.get("features"), str) and not Path(raw["features"]).is_absolute():
+            raw["features"] = str(p.parent / raw["features"])  # a spec file next to its config
     env, origins = env_overrides(os.environ)
     raw = _merge(raw, env)
     raw.update({k: v for k, v in overrides.items() if v is not None})
