@@ -164,6 +164,7 @@ def train(
     """Build a point-in-time training set with the offline feature executor, train LightGBM and a
     logistic-regression baseline, export to ONNX, verify, evaluate on a time-gapped holdout,
     register with lineage, and (optionally) promote."""
+    from engine.progress import Progress
     from features.spec import parse_duration
     from models.pipeline import train_from_log
     from models.train import KINDS
@@ -172,11 +173,16 @@ def train(
     if any(k not in KINDS for k in kinds):
         _fail(f"--model-kind must be one of {', '.join(KINDS)}, got {', '.join(kinds)}")
     cfg = _load(config, registry=registry)
-    result = train_from_log(
-        events, cfg.features, num_partitions=partitions, registry_root=cfg.registry,
-        model_name=cfg.model_name, horizon_ms=parse_duration(horizon), schema=cfg.schema, promote=promote,
-        candidates=kinds,
-    )
+    with Progress() as progress:
+        def say(line: str) -> None:
+            progress.close()  # a terminal's status line ends before a log line
+            typer.echo(line)
+
+        result = train_from_log(
+            events, cfg.features, num_partitions=partitions, registry_root=cfg.registry,
+            model_name=cfg.model_name, horizon_ms=parse_duration(horizon), schema=cfg.schema, promote=promote,
+            candidates=kinds, progress=progress, log=say,
+        )
     typer.echo(result.summary())
 
 

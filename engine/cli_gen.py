@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from engine.loadgen import produce, write_jsonl, write_parquet
+from engine.progress import Progress
 from features.synthetic import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
 
 __all__ = ["gen_app"]
@@ -165,7 +166,9 @@ def history(
     bad: Counter[str] = Counter()
     t0 = time.perf_counter()
     gen = ClickstreamGenerator(cfg)
-    n = write_parquet(out, gen.events()) if parquet else write_jsonl(out, _counted(gen, bad))
+    with Progress() as progress:
+        items = progress.iterate(gen.events() if parquet else _counted(gen, bad), "generating", total=events)
+        n = write_parquet(out, items) if parquet else write_jsonl(out, items)
     dt = time.perf_counter() - t0
     typer.echo(
         f"wrote {n:,} messages to {out}{_bad_note(bad)} in {dt:.2f}s ({n / max(dt, 1e-9):,.0f}/s), seed={seed}",
