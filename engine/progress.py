@@ -44,6 +44,7 @@ class Progress:
         self._stage: str | None = None
         self._start = self._last = 0.0
         self._open_line = False
+        self._shown: tuple[str, int] | None = None
 
     def __call__(self, stage: str, done: int, total: int | None = None) -> None:
         self._update(stage, done, total, force=total is not None and done >= total)
@@ -58,6 +59,7 @@ class Progress:
         if now - self._last < self.interval and not force:
             return
         self._last = now
+        self._shown = (stage, done)
         elapsed = max(now - self._start, 1e-9)
         of = f" of {total:,} ({100.0 * done / total:.0f}%)" if total else ""
         rate = f", {done / elapsed:,.0f}/s" if elapsed >= 0.1 else ""
@@ -77,7 +79,7 @@ class Progress:
             done += 1
             if done % every == 0:
                 self(stage, done, total)
-        if done == 0 or done % every:  # else the loop's last report was already this one
+        if self._shown != (stage, done):  # the final count, unless just shown
             self._update(stage, done, total, force=True)
 
     def _end_line(self) -> None:
