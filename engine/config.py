@@ -197,9 +197,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfi
         raise ConfigError(f"{exc} (from the environment: {', '.join(named)})" if named else str(exc)) from None
 
 
-def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+def env_overrides(environ: Mapping[str, str], root: type | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The config keys set by STREAMSCORE_* variables (and KAFKA_BOOTSTRAP_SERVERS), converted
     to their fields' types, as a nested mapping; and which variable set which dotted key.
+    `root`: the config dataclass (default `EngineConfig`); any dataclass-typed field of it is a
+    section whose keys are ``STREAMSCORE_<SECTION>__<KEY>``.
 
     Raises ConfigError naming the variable and the key for an unknown key or a bad value."""
     out: dict[str, Any] = {}
@@ -214,7 +216,7 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
             path = [part.lower() for part in var[len(ENV_PREFIX):].split("__")]
         else:
             continue
-        cls: Any = EngineConfig
+        cls: Any = root or EngineConfig
         target = out
         keys: list[str] = []
         for depth, part in enumerate(path):
@@ -292,7 +294,10 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _section(tp: Any) -> type | None:
-    """The dataclass a field of type `tp` is built from (a nested config section), if any."""
+    """The dataclass a field of type `tp` (or `tp | None`) is built from (a nested config section), if any."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = inner[0] if len(inner) == 1 else None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type) and tp is not FeatureSpec:
         return tp
     return None

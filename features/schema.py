@@ -73,6 +73,7 @@ CANONICAL_FIELDS: tuple[str, ...] = (
 _ID_FIELDS = frozenset({"event_id", "user_id", "session_id", "product_id"})
 _STR_FIELDS = frozenset({"event_type", "page", "device", "country", "referrer"})
 _STR, _ID, _TS, _PRICE, _ETYPE = "str", "id", "ts", "price", "etype"  # how a field is checked
+_TS_SCALED = "ts_scaled"  # a timestamp in another unit than ms: no int fast path
 TS_UNITS = {"s": 1000, "ms": 1, "us": Decimal(1) / 1000, "ns": Decimal(1) / 1_000_000, "iso": None}
 
 # Reason codes. Stable: they appear in dead-letter records and metric labels.
@@ -154,12 +155,14 @@ class EventSchema:
         if not all(isinstance(v, str) for v in (*self.event_types, *self.event_types.values())):
             raise ValueError("schema.event_types maps upstream event-type strings to canonical ones")
         # Precomputed (canonical, upstream, kind, required) per field: the decode loop is hot.
-        kinds = ({"ts": _TS, "price": _PRICE} | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
+        kinds = ({"ts": _TS if self.ts_unit == "ms" else _TS_SCALED, "price": _PRICE}
+                 | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
                  | ({"event_type": _ETYPE} if self.event_types else {}))
         required = set(self.required) - ({"event_id"} if self.derive_event_id else set())
         object.__setattr__(self, "_plan", tuple(
             (c, self.field_map.get(c, c), kinds[c], c in required) for c in CANONICAL_FIELDS))
         object.__setattr__(self, "_scale", TS_UNITS[self.ts_unit])
+        object.__setattr__(self, "_extended", bool(self.extra_fields) or self.derive_event_id)
 
     def upstream_name(self, canonical: str) -> str:
         """The upstream field name that carries `canonical`."""
@@ -199,8 +202,10 @@ class EventSchema:
                 event[canonical] = (value if type(value) is str and "\x00" not in value
                                     else _identifier(value, upstream))
             elif kind is _TS:
-                event["ts"] = (value if type(value) is int and lo <= value < hi and self._scale == 1  # type: ignore[attr-defined]
+                event["ts"] = (value if type(value) is int and lo <= value < hi
                                else self._timestamp(value, upstream))
+            elif kind is _TS_SCALED:
+                event["ts"] = self._timestamp(value, upstream)
             elif kind is _ETYPE:
                 if type(value) is not str:
                     raise InvalidEvent(
@@ -212,11 +217,12 @@ class EventSchema:
                                   else _price(value, upstream))
         if event["user_id"] == "":
             raise InvalidEvent(MISSING_FIELD, f"field {self.upstream_name('user_id')!r} is empty")
-        for name, upstream in self.extra_fields.items():
-            value = get(upstream)
-            event[name] = value if value is None or type(value) is str else _identifier(value, upstream)
-        if event["event_id"] is None and self.derive_event_id:
-            event["event_id"] = derived_event_id(event)
+        if self._extended:  # type: ignore[attr-defined]
+            for name, upstream in self.extra_fields.items():
+                value = get(upstream)
+                event[name] = value if value is None or type(value) is str else _identifier(value, upstream)
+            if event["event_id"] is None and self.derive_event_id:
+                event["event_id"] = derived_event_id(event)
         return event
 
     def _timestamp(self, value: Any, name: str) -> int:

@@ -3,6 +3,7 @@ passthrough rules and secret masking."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,43 @@ def test_config_show_masks_secrets(tmp_path: Path, clean_env: pytest.MonkeyPatch
     assert "hunter2" not in result.output and "s3cr3t" not in result.output
     bad = CliRunner().invoke(app, ["config", "show"], env={"STREAMSCORE_MAX_BATCH": "x"})
     assert bad.exit_code == 2 and "STREAMSCORE_MAX_BATCH" in bad.output
+
+
+@dataclass(frozen=True)
+class Detector:
+    threshold: float = 0.1
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Monitor:
+    window: int = 1000
+    topic: str = "t"
+    detector: Detector = field(default_factory=Detector)
+
+
+@dataclass(frozen=True)
+class Root:
+    monitor: Monitor = field(default_factory=Monitor)
+    retrain: Monitor | None = None  # an optional section works the same
+    name: str = "x"
+
+
+def test_any_nested_dataclass_section_gets_env_overrides_and_type_checks() -> None:
+    """A section added later (e.g. `monitor:`) needs no loader code: env keys, types, errors."""
+    env, origins = env_overrides({"STREAMSCORE_MONITOR__WINDOW": "5000",
+                                  "STREAMSCORE_MONITOR__DETECTOR__THRESHOLD": "0.25",
+                                  "STREAMSCORE_MONITOR__DETECTOR__ENABLED": "no"}, root=Root)
+    assert env == {"monitor": {"window": 5000, "detector": {"threshold": 0.25, "enabled": False}}}
+    assert origins["monitor.detector.threshold"] == "STREAMSCORE_MONITOR__DETECTOR__THRESHOLD"
+    from engine.config import _build  # the loader the engine config uses
+
+    built = _build(Root, {"monitor": {"topic": "yaml-topic", **env["monitor"]}}, "")
+    assert built.monitor == Monitor(5000, "yaml-topic", Detector(0.25, False))
+    with pytest.raises(ConfigError, match="STREAMSCORE_MONITOR__WINDOW.*monitor.window.*integer"):
+        env_overrides({"STREAMSCORE_MONITOR__WINDOW": "big"}, root=Root)
+    env, _ = env_overrides({"STREAMSCORE_RETRAIN__WINDOW": "7"}, root=Root)
+    assert _build(Root, env, "").retrain == Monitor(window=7)
+    assert _build(Root, {"retrain": None}, "").retrain is None
+    with pytest.raises(ConfigError, match="monitor.detector.nope"):
+        _build(Root, {"monitor": {"detector": {"nope": 1}}}, "")
