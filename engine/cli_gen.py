@@ -119,6 +119,13 @@ def _engine_config(config: Path | None):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
+def _progress_every(seconds: float | None) -> float:
+    """Seconds between produce progress lines: as given, else 5 on a terminal and none otherwise."""
+    if seconds is not None:
+        return seconds
+    return 5.0 if sys.stderr.isatty() else 0.0
+
+
 def _resolve(bootstrap: str | None) -> str:
     if bootstrap is not None:
         return bootstrap
@@ -200,7 +207,9 @@ def stream(
     bad_kinds: BadKinds = None,
     drift: DriftOpt = None,
     products: Products = 5_000,
-    progress_every: Annotated[float, typer.Option("--progress-every", help="Seconds between progress lines.")] = 5.0,
+    progress_every: Annotated[float | None, typer.Option(
+        "--progress-every", help="Seconds between progress lines on stderr (0: none) [default: 5 on a terminal, "
+                                 "none otherwise].")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Engine YAML config: its bootstrap_servers and `kafka:` client settings "
                                "(security.protocol, sasl.*, ...) apply to the producer.")] = None,
@@ -240,7 +249,7 @@ def stream(
         rate=rate,
         max_events=events,
         max_seconds=seconds,
-        progress_every=progress_every,
+        progress_every=_progress_every(progress_every),
         producer_config=kafka_settings,
         log=sys.stderr,
     )
@@ -262,7 +271,9 @@ def replay(
     topic: Annotated[str | None, typer.Option("--topic", "-t", help="Target topic [default: the config's input_topic].")
     ] = None,
     rate: Annotated[float | None, typer.Option("--rate", "-r", min=0.0, help="Events/s (omit = unthrottled).")] = None,
-    progress_every: Annotated[float, typer.Option("--progress-every", help="Seconds between progress lines.")] = 5.0,
+    progress_every: Annotated[float | None, typer.Option(
+        "--progress-every", help="Seconds between progress lines on stderr (0: none) [default: 5 on a terminal, "
+                                 "none otherwise].")] = None,
 ) -> None:
     """Replay a historical event log to a topic, as its upstream would have produced it.
 
@@ -277,7 +288,8 @@ def replay(
     target = topic or cfg.input_topic
     invalid: dict[str, int] = {}
     summary = produce(bootstrap, target, upstream_messages(events, cfg.schema, cfg.features.entity, invalid),
-                      rate=rate or None, progress_every=progress_every, producer_config=dict(cfg.kafka),
+                      rate=rate or None, progress_every=_progress_every(progress_every),
+                      producer_config=dict(cfg.kafka),
                       log=sys.stderr)
     skipped = f", skipped {sum(invalid.values()):,} unreadable rows {invalid}" if invalid else ""
     typer.echo(f"replayed {summary.sent:,} records of {events} to {target} in {summary.seconds:.2f}s "
