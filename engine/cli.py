@@ -84,6 +84,7 @@ def run(
     (finishes the batch, commits) and prints a JSON summary.
     """
     import orjson
+    from confluent_kafka import KafkaError, KafkaException
 
     from engine.runner import ScoringEngine, TopicsMissing
     from engine.serving import ModelUnavailable
@@ -96,6 +97,12 @@ def run(
         engine = ScoringEngine(cfg, bootstrap)
     except (ModelUnavailable, TopicsMissing) as exc:
         _fail(str(exc))
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, KafkaError) or err.code() != KafkaError._INVALID_ARG:
+            raise
+        _fail(f"a Kafka client refused its settings: {err.str()} (check the kafka: section and "
+              "STREAMSCORE_KAFKA__* variables; `streamscore config show`)")
     stats = engine.run(max_seconds=max_seconds, idle_exit_s=idle_exit, max_events=max_events)
     typer.echo(orjson.dumps(stats.as_dict()).decode())
 

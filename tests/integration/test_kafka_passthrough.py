@@ -42,3 +42,21 @@ def test_client_id_from_the_kafka_mapping_is_what_the_broker_sees(
             assert time.monotonic() < deadline, f"group members' client ids {seen}, expected {client_id}"
             seen = _member_client_ids(kafka_bootstrap, cfg.group_id)
         assert seen == {client_id}
+
+
+def test_run_fails_in_two_lines_on_a_setting_librdkafka_rejects(
+    kafka_bootstrap: str, trained_model: TrainedModel, tmp_path: Path, make_topic
+) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+    from tests.integration.engine_process import engine_yaml
+
+    clicks = make_topic("clicks", PARTITIONS)
+    cfg = engine_config(tmp_path, trained_model, clicks, f"{clicks}-s", f"{clicks}-d")
+    path = engine_yaml(tmp_path / "engine.yaml", cfg, bootstrap_servers=kafka_bootstrap,
+                       kafka={"no.such.setting": "1"})
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--max-seconds", "1"])
+    assert result.exit_code == 2, result.output
+    assert "no.such.setting" in result.output and "kafka:" in result.output
+    assert len(result.output.strip().splitlines()) <= 2

@@ -211,3 +211,4 @@ def test_any_nested_dataclass_section_gets_env_overrides_and_type_checks() -> No
     assert _build(Root, {"retrain": None}, "").retrain is None
     with pytest.raises(ConfigError, match="monitor.detector.nope"):
         _build(Root, {"monitor": {"detector": {"nope": 1}}}, "")
+
