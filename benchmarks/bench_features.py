@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.progress import Progress
 from features.clickstream import clickstream_spec
 from features.executor import PartitionClock, process_batch
 from features.spec import FeatureSpec
@@ -169,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stage_s: list[float] = []
     digest = ""
     late = 0
-    for _ in range(args.repeats):
+    progress = Progress()  # a status line on a terminal, between (never inside) timed runs
+    for i in range(args.repeats):
+        progress("feature-stage runs", i, args.repeats)
         secs, mats, late = run_stage(computer, spec, events, args.batch)
         stage_s.append(secs)
         d = hashlib.sha256(b"".join(m.tobytes() for m in mats)).hexdigest()
@@ -183,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for p in payloads:
             loads(p)
         parse_s.append(time.perf_counter() - t)
-    state_s = [state_round_trip(computer, spec, events, args.batch) for _ in range(args.repeats)]
+    progress("feature-stage runs", args.repeats, args.repeats)
+    state_s = [state_round_trip(computer, spec, events, args.batch) for _ in progress.iterate(
+        range(args.repeats), "state round trips", args.repeats, every=1)]
+    progress.close()
 
     def figures(secs: list[float]) -> dict[str, Any]:
         med = statistics.median(secs)

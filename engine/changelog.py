@@ -28,9 +28,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from engine.kafka_clients import client_settings
 from engine.store import PartitionStore
 
 log = logging.getLogger("streamscore.changelog")
@@ -87,6 +89,7 @@ def restore(
     store: PartitionStore,
     on_progress: Callable[[int, int, int], None] | None = None,
     timeout_s: float = 300.0,
+    client: Mapping[str, Any] | None = None,
 ) -> RestoreResult:
     """Bring `store` up to the end of the committed changelog of `partition`.
 
@@ -94,19 +97,19 @@ def restore(
     transactions are never applied. After every store write (each `RESTORE_BATCH` entities),
     `on_progress(records read, next changelog offset, end offset at start)` is called, and every
     `PROGRESS_LOG_S` seconds the progress is logged. Raises TimeoutError if the end is not
-    reached in time.
+    reached in time. `client`: the user's Kafka settings (`engine.kafka_clients`).
     """
     t0 = time.perf_counter()
     start = store.changelog_offset() or 0
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
+    consumer = Consumer(client_settings(bootstrap, client, defaults={
+        "fetch.max.bytes": 52_428_800,
+        "fetch.wait.max.ms": 10,  # at the end the broker would hold each fetch 500 ms (default)
+    }, required={
         "group.id": f"streamscore-restore-{topic}",  # never commits; assign() only
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
-        "fetch.max.bytes": 52_428_800,
-        "fetch.wait.max.ms": 10,  # at the end the broker would hold each fetch 500 ms (default)
-    })
+    }))
     records = 0
     next_offset = start
     try:

@@ -90,8 +90,10 @@ app.add_typer(gen_app, name="gen", help="Generate synthetic clickstreams (files 
 app.add_typer(model_app, name="model", help="Inspect and govern the model registry.")
 topics_app = typer.Typer(help="Create the engine's topics.", no_args_is_help=True)
 features_app = typer.Typer(help="Inspect feature specs and build offline feature tables.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective engine configuration.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(features_app, name="features")
+app.add_typer(config_app, name="config")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML engine config (see docs/configuration.md).")
 
@@ -140,6 +142,7 @@ def run(
     waiting for an assignment (input may be left unconsumed).
     """
     import orjson
+    from confluent_kafka import KafkaError, KafkaException
 
     from engine.runner import NO_ASSIGNMENT, ScoringEngine
 
@@ -147,7 +150,14 @@ def run(
     cfg = _load(config, group_id=group_id, metrics_port=metrics_port, metrics_host=metrics_host, state_dir=state_dir,
                 registry=registry, include_features=include_features, shadow=shadow, canary_share=canary_share)
     bootstrap = _bootstrap(cfg.bootstrap_servers)
-    engine = ScoringEngine(cfg, bootstrap)
+    try:
+        engine = ScoringEngine(cfg, bootstrap)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, KafkaError) or err.code() != KafkaError._INVALID_ARG:
+            raise
+        _fail(f"a Kafka client refused its settings: {err.str()} (check the kafka: section and "
+              "STREAMSCORE_KAFKA__* variables; `streamscore config show`)")
     stats = engine.run(max_seconds=max_seconds, idle_exit_s=idle_exit, max_events=max_events)
     typer.echo(orjson.dumps(stats.as_dict()).decode())
     if stats.stop_reason == NO_ASSIGNMENT:
@@ -171,9 +181,29 @@ def topics_create(
         TopicSpec(cfg.input_topic, partitions),
         TopicSpec(cfg.scores_topic, partitions),
         TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
-    ])
+    ], client=cfg.kafka)
     typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
                f"{cfg.dlq_topic}(1)")
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    full_spec: bool = typer.Option(False, help="Print the whole feature spec instead of its name and hash."),
+) -> None:
+    """Print the effective configuration (defaults < YAML < environment) as YAML, secrets masked.
+
+    Secrets: the value of any key containing password, secret, token, jaas, credential, ... is
+    shown as *****."""
+    import yaml
+
+    from engine.config import config_to_plain, masked
+
+    cfg = _load(config)
+    plain = config_to_plain(cfg)
+    if not full_spec:
+        plain["features"] = {"name": cfg.features.name, "hash": cfg.features.hash, "columns": cfg.features.width}
+    typer.echo(yaml.safe_dump(masked(plain), sort_keys=False), nl=False)
 
 
 @features_app.command("show")
@@ -188,7 +218,7 @@ def features_show(config: Optional[Path] = ConfigOpt) -> None:
 
 @app.command()
 def train(
-    events: Path = typer.Option(..., exists=True, dir_okay=False, help="Historical event log in topic order: .jsonl, .jsonl.gz or .parquet."),
+    events: Path = typer.Option(..., exists=True, dir_okay=False, help="Historical event log in topic order: .jsonl[.gz], .csv[.gz] or .parquet (fields mapped by the config's schema)."),
     partitions: int = typer.Option(4, help="Partition count of the topic the log came from (lateness is per partition)."),
     horizon: str = typer.Option("1h", help="Label: purchase within this horizon after the event (e.g. 30m, 1h)."),
     config: Optional[Path] = ConfigOpt,
@@ -201,6 +231,7 @@ def train(
     """Build a point-in-time training set with the offline feature executor, train LightGBM and a
     logistic-regression baseline, export to ONNX, verify, evaluate on a time-gapped holdout,
     register with lineage, and (optionally) promote."""
+    from engine.progress import Progress
     from features.spec import parse_duration
     from models.pipeline import train_from_log
     from models.train import KINDS
@@ -209,11 +240,16 @@ def train(
     if any(k not in KINDS for k in kinds):
         _fail(f"--model-kind must be one of {', '.join(KINDS)}, got {', '.join(kinds)}")
     cfg = _load(config, registry=registry)
-    result = train_from_log(
-        events, cfg.features, num_partitions=partitions, registry_root=cfg.registry,
-        model_name=cfg.model_name, horizon_ms=parse_duration(horizon), schema=cfg.schema, promote=promote,
-        candidates=kinds,
-    )
+    with Progress() as progress:
+        def say(line: str) -> None:
+            progress.close()  # a terminal's status line ends before a log line
+            typer.echo(line)
+
+        result = train_from_log(
+            events, cfg.features, num_partitions=partitions, registry_root=cfg.registry,
+            model_name=cfg.model_name, horizon_ms=parse_duration(horizon), schema=cfg.schema, promote=promote,
+            candidates=kinds, progress=progress, log=say,
+        )
     typer.echo(result.summary())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from engine.loadgen import produce, write_jsonl, write_parquet
+from engine.progress import Progress
 from features.synthetic import BAD_KINDS, ClickstreamGenerator, Drift, GeneratorConfig, parse_time
 
 __all__ = ["gen_app"]
@@ -107,6 +109,35 @@ def _bad_note(bad: Counter[str]) -> str:
     return f", {sum(bad.values()):,} bad ({', '.join(f'{k}={v}' for k, v in sorted(bad.items()))})" if bad else ""
 
 
+def _engine_config(config: Path | None):  # type: ignore[no-untyped-def]
+    from engine.config import ConfigError, load_config
+
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _progress_every(seconds: float | None) -> float:
+    """Seconds between produce progress lines: as given, else 5 on a terminal and none otherwise."""
+    if seconds is not None:
+        return seconds
+    return 5.0 if sys.stderr.isatty() else 0.0
+
+
+def _resolve(bootstrap: str | None) -> str:
+    if bootstrap is not None:
+        return bootstrap
+    from engine.broker import BrokerNotRunning, resolve_bootstrap
+
+    try:
+        return resolve_bootstrap()
+    except BrokerNotRunning as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @gen_app.command()
 def history(
     out: Annotated[Path, typer.Option(
@@ -142,7 +173,9 @@ def history(
     bad: Counter[str] = Counter()
     t0 = time.perf_counter()
     gen = ClickstreamGenerator(cfg)
-    n = write_parquet(out, gen.events()) if parquet else write_jsonl(out, _counted(gen, bad))
+    with Progress() as progress:
+        items = progress.iterate(gen.events() if parquet else _counted(gen, bad), "generating", total=events)
+        n = write_parquet(out, items) if parquet else write_jsonl(out, items)
     dt = time.perf_counter() - t0
     typer.echo(
         f"wrote {n:,} messages to {out}{_bad_note(bad)} in {dt:.2f}s ({n / max(dt, 1e-9):,.0f}/s), seed={seed}",
@@ -174,7 +207,12 @@ def stream(
     bad_kinds: BadKinds = None,
     drift: DriftOpt = None,
     products: Products = 5_000,
-    progress_every: Annotated[float, typer.Option("--progress-every", help="Seconds between progress lines.")] = 5.0,
+    progress_every: Annotated[float | None, typer.Option(
+        "--progress-every", help="Seconds between progress lines on stderr (0: none) [default: 5 on a terminal, "
+                                 "none otherwise].")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Engine YAML config: its bootstrap_servers and `kafka:` client settings "
+                               "(security.protocol, sasl.*, ...) apply to the producer.")] = None,
 ) -> None:
     """Produce a synthetic clickstream to a Kafka topic, keyed by user_id, paced to --rate events/s.
 
@@ -190,14 +228,12 @@ def stream(
     """
     if events is None and seconds is None:
         raise typer.BadParameter("give --events and/or --seconds")
-    if bootstrap is None:
-        from engine.broker import BrokerNotRunning, resolve_bootstrap
-
-        try:
-            bootstrap = resolve_bootstrap()
-        except BrokerNotRunning as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+    kafka_settings: dict = {}
+    if config is not None or any(v.startswith("STREAMSCORE_KAFKA__") for v in os.environ):
+        engine_cfg = _engine_config(config)
+        kafka_settings = dict(engine_cfg.kafka)
+        bootstrap = bootstrap or engine_cfg.bootstrap_servers
+    bootstrap = _resolve(bootstrap)
     rate = rate or None
     n = events
     if n is None and seconds is not None and rate is not None:
@@ -213,7 +249,8 @@ def stream(
         rate=rate,
         max_events=events,
         max_seconds=seconds,
-        progress_every=progress_every,
+        progress_every=_progress_every(progress_every),
+        producer_config=kafka_settings,
         log=sys.stderr,
     )
     typer.echo(
@@ -221,3 +258,39 @@ def stream(
         f"({summary.rate:,.0f}/s achieved, target {rate or 'max'}), delivered {summary.delivered:,}, "
         f"rejected oversize {summary.rejected_oversize:,}"
     )
+
+
+@gen_app.command()
+def replay(
+    events: Annotated[Path, typer.Option(
+        "--events", exists=True, dir_okay=False,
+        help="Event log in topic order: .jsonl[.gz], .csv[.gz] or .parquet, in the upstream's own schema.")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Engine YAML config: schema (field names, key), topic, bootstrap and kafka settings.")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", "-t", help="Target topic [default: the config's input_topic].")
+    ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", "-r", min=0.0, help="Events/s (omit = unthrottled).")] = None,
+    progress_every: Annotated[float | None, typer.Option(
+        "--progress-every", help="Seconds between progress lines on stderr (0: none) [default: 5 on a terminal, "
+                                 "none otherwise].")] = None,
+) -> None:
+    """Replay a historical event log to a topic, as its upstream would have produced it.
+
+    JSONL lines go verbatim; CSV and Parquet rows as JSON objects typed like upstream JSON (see
+    features/eventlog.py), keyed by the entity's upstream field, Kafka's default partitioner: the
+    engine then decodes each record exactly as `streamscore train` did offline (same derived ids).
+    """
+    from features.eventlog import upstream_messages
+
+    cfg = _engine_config(config)
+    bootstrap = _resolve(cfg.bootstrap_servers)
+    target = topic or cfg.input_topic
+    invalid: dict[str, int] = {}
+    summary = produce(bootstrap, target, upstream_messages(events, cfg.schema, cfg.features.entity, invalid),
+                      rate=rate or None, progress_every=_progress_every(progress_every),
+                      producer_config=dict(cfg.kafka),
+                      log=sys.stderr)
+    skipped = f", skipped {sum(invalid.values()):,} unreadable rows {invalid}" if invalid else ""
+    typer.echo(f"replayed {summary.sent:,} records of {events} to {target} in {summary.seconds:.2f}s "
+               f"({summary.rate:,.0f}/s){skipped}")

@@ -1,22 +1,35 @@
 """Engine configuration: one frozen dataclass, loaded from YAML and the environment, validated.
 
 Precedence (highest first): explicit overrides (CLI flags) > environment > YAML file > defaults.
-Invalid configuration fails at load time with a message naming the key and what to fix.
+Invalid configuration fails at load time with a message naming the key (and the environment
+variable, if one set it) and what to fix.
 
 Environment variables:
+    STREAMSCORE_<KEY>         any top-level key, e.g. STREAMSCORE_MAX_BATCH=1000
+    STREAMSCORE_<SECTION>__<KEY>  a key of a nested section (any dataclass-typed field), e.g.
+                              STREAMSCORE_ROCKSDB__BLOCK_CACHE_MB=256, STREAMSCORE_SCHEMA__TS_UNIT=s
+    STREAMSCORE_KAFKA__<SETTING>  a Kafka client setting, ``_`` read as ``.``, e.g.
+                              STREAMSCORE_KAFKA__SECURITY_PROTOCOL=SASL_SSL -> security.protocol
     KAFKA_BOOTSTRAP_SERVERS   bootstrap servers (otherwise the local broker started by
-                              `streamscore broker start`)
+                              `streamscore broker start`); STREAMSCORE_BOOTSTRAP_SERVERS wins
     STREAMSCORE_HOME          runtime directory (default ./.streamscore): state, registry, broker
-    STREAMSCORE_REGISTRY      model registry root (default $STREAMSCORE_HOME/registry)
+    STREAMSCORE_REGISTRY      model registry root (default $STREAMSCORE_HOME/registry): the
+                              `registry` key
     STREAMSCORE_CONNECT_TIMEOUT  seconds a command waits for Kafka to answer (default 15;
                               `engine.broker.connect_timeout_s`)
     STREAMSCORE_DEBUG         1: the CLI shows tracebacks of user errors too (like --debug)
+
+Values are converted by the type of the field they set (int, float, bool as true/false/1/0/yes/no,
+paths, ``null`` or empty for an optional field; mappings and lists as YAML/JSON). A STREAMSCORE_
+variable that names no key is an error, except the runtime ones in `NON_CONFIG_ENV`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +37,17 @@ from typing import Any
 
 import yaml
 
+from engine.kafka_clients import KafkaSettingConflict, check_user_settings
+
 from features.clickstream import clickstream_spec
 from features.schema import EventSchema
 from features.spec import FeatureSpec
 
 GUARANTEES = ("exactly_once", "at_least_once")
+ENV_PREFIX = "STREAMSCORE_"
+# STREAMSCORE_ variables that are not config keys (runtime directory, broker build cache).
+NON_CONFIG_ENV = frozenset({"STREAMSCORE_HOME", "STREAMSCORE_KAFKA_CACHE", "STREAMSCORE_CONNECT_TIMEOUT",
+                            "STREAMSCORE_DEBUG"})
 
 
 class ConfigError(ValueError):
@@ -86,6 +105,9 @@ class EngineConfig:
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
             expiry besides the ones it touches, one per message of the batch (an incremental
             sweep in key order that deletes entities gone idle; docs/features.md). 0 disables it.
+        kafka: librdkafka settings merged into every Kafka client the engine creates
+            (security.protocol, sasl.*, ssl.*, client.id, ...); the engine's own required
+            settings win and a conflicting value is an error (`engine.kafka_clients`).
     """
 
     bootstrap_servers: str | None = None
@@ -114,6 +136,7 @@ class EngineConfig:
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
+    kafka: Mapping[str, Any] = field(default_factory=dict, metadata={"env_keys": "dotted"})
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -139,6 +162,13 @@ class EngineConfig:
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
+        unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)
+        need(not unmapped, f"features.extra_fields {sorted(unmapped)} are not mapped by schema.extra_fields "
+                           f"(which maps {dict(self.schema.extra_fields)})")
+        try:
+            check_user_settings(self.kafka)
+        except KafkaSettingConflict as exc:
+            raise ConfigError(str(exc)) from None
 
     def with_overrides(self, **overrides: Any) -> EngineConfig:
         """A copy with the non-None overrides applied (for CLI flags)."""
@@ -146,7 +176,7 @@ class EngineConfig:
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:
-    """Read YAML (optional), apply environment and `overrides`, validate."""
+    """Defaults < YAML file at `path` (optional) < environment < non-None `overrides`; validated."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -161,38 +191,238 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfi
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {p} must hold a mapping at top level")
         raw = dict(loaded)
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        raw["bootstrap_servers"] = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        if isinstance(raw.get("features"), str) and not Path(raw["features"]).is_absolute():
+            raw["features"] = str(p.parent / raw["features"])  # a spec file next to its config
+    env, origins = env_overrides(os.environ)
+    raw = _merge(raw, env)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_mapping(raw)
+    try:
+        return config_from_mapping(raw)
+    except ConfigError as exc:
+        named = list(dict.fromkeys(f"{var}={os.environ[var]!r}" for key, var in origins.items() if key in str(exc)))
+        raise ConfigError(f"{exc} (from the environment: {', '.join(named)})" if named else str(exc)) from None
+
+
+def env_overrides(environ: Mapping[str, str], root: type | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config keys set by STREAMSCORE_* variables (and KAFKA_BOOTSTRAP_SERVERS), converted
+    to their fields' types, as a nested mapping; and which variable set which dotted key.
+    `root`: the config dataclass (default `EngineConfig`); any dataclass-typed field of it is a
+    section whose keys are ``STREAMSCORE_<SECTION>__<KEY>``.
+
+    Raises ConfigError naming the variable and the key for an unknown key or a bad value."""
+    out: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    names = sorted(environ)
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS") and not environ.get(ENV_PREFIX + "BOOTSTRAP_SERVERS"):
+        names.insert(0, "KAFKA_BOOTSTRAP_SERVERS")
+    for var in names:
+        if var == "KAFKA_BOOTSTRAP_SERVERS":
+            path = ["bootstrap_servers"]
+        elif var.startswith(ENV_PREFIX) and var not in NON_CONFIG_ENV:
+            path = [part.lower() for part in var[len(ENV_PREFIX):].split("__")]
+        else:
+            continue
+        cls: Any = root or EngineConfig
+        target = out
+        keys: list[str] = []
+        for depth, part in enumerate(path):
+            f = _fields(cls).get(part) if cls is not None else None
+            last = depth == len(path) - 1
+            if f is None:
+                valid = sorted(_fields(cls)) if cls is not None else []
+                raise ConfigError(f"environment variable {var}: {'.'.join(keys + [part])!r} is not a config key"
+                                  + (f"; valid keys here are {valid}" if valid else ""))
+            keys.append(part)
+            tp = _hints(cls)[part]
+            if last:
+                target[part] = _coerce(environ[var], tp, ".".join(keys), var)
+            elif f.metadata.get("env_keys") == "dotted" and depth == len(path) - 2:
+                # A passthrough mapping (kafka): the rest of the name is one dotted setting.
+                setting = path[depth + 1].replace("_", ".")
+                target.setdefault(part, {})[setting] = environ[var]
+                keys.append(setting)
+                break
+            elif _section(tp) is not None:
+                target = target.setdefault(part, {})
+                cls = _section(tp)
+            else:
+                raise ConfigError(f"environment variable {var}: {'.'.join(keys)!r} has no nested keys")
+        origins[".".join(keys)] = var
+        origins.setdefault(keys[-1], var)
+    return out, origins
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
-    """Build an `EngineConfig` from plain data (YAML shape), rejecting unknown keys."""
-    fields = {f.name for f in dataclasses.fields(EngineConfig)}
-    unknown = set(raw) - fields
+    """Build an `EngineConfig` from plain data (YAML shape), converting values by field type and
+    rejecting unknown keys. Nested dataclass-typed fields (schema, rocksdb, ...) are sections
+    built the same way; `features` is a spec file path or mapping (`FeatureSpec.from_dict`)."""
+    return _build(EngineConfig, raw, "")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields, hints = _fields(cls), _hints(cls)
+    unknown = set(raw) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys are {sorted(fields)}")
+        raise ConfigError(f"unknown config keys {sorted(where + str(k) for k in unknown)}; "
+                          f"valid keys are {sorted(where + k for k in fields)}")
     kwargs: dict[str, Any] = {}
     try:
         for key, value in raw.items():
-            if key in ("state_dir", "registry"):
-                kwargs[key] = Path(value)
-            elif key == "schema":
-                kwargs[key] = value if isinstance(value, EventSchema) else EventSchema(**value)
-            elif key == "features":
-                if isinstance(value, FeatureSpec):
-                    kwargs[key] = value
-                elif isinstance(value, (str, Path)):
-                    kwargs[key] = FeatureSpec.from_dict(yaml.safe_load(Path(value).read_text()))
-                else:
-                    kwargs[key] = FeatureSpec.from_dict(value)
-            elif key == "rocksdb":
-                kwargs[key] = value if isinstance(value, RocksDBConfig) else RocksDBConfig(**value)
+            if cls is EngineConfig and key == "features":
+                kwargs[key] = _feature_spec(value)
             else:
-                kwargs[key] = value
+                kwargs[key] = _coerce(value, hints[key], where + key, None)
+        return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError, OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
-    return EngineConfig(**kwargs)
+        raise ConfigError(f"invalid config{' in ' + where.rstrip('.') if where else ''}: {exc}") from None
+
+
+def _feature_spec(value: Any) -> FeatureSpec:
+    if isinstance(value, FeatureSpec):
+        return value
+    if isinstance(value, (str, Path)):
+        return FeatureSpec.from_dict(yaml.safe_load(Path(value).read_text()))
+    return FeatureSpec.from_dict(value)
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _section(tp: Any) -> type | None:
+    """The dataclass a field of type `tp` (or `tp | None`) is built from (a nested config section), if any."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = inner[0] if len(inner) == 1 else None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type) and tp is not FeatureSpec:
+        return tp
+    return None
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _coerce(value: Any, tp: Any, key: str, var: str | None) -> Any:
+    """`value` as type `tp`. From the environment (`var` set) strings are parsed; from YAML the
+    value must already have the type (ints are accepted for floats, numbers for strings)."""
+    src = f"environment variable {var} (key {key})" if var else key
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{src} must be {what}, got {value!r}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (var is not None and str(value).strip().lower() in ("", "null", "none")):
+            if len(inner) < len(args):
+                return None
+        return _coerce(value, inner[0], key, var) if len(inner) == 1 else value
+    if value is None:
+        raise bad("set (null is not allowed here)")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if var is not None and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise bad("true or false")
+    if tp is int:
+        if var is not None and isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                raise bad("an integer") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("an integer")
+    if tp is float:
+        if var is not None and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if tp is Path:
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value)
+        raise bad("a path")
+    if var is not None and isinstance(value, str) and (origin is not None or _section(tp) is not None):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{src} is not valid YAML/JSON: {exc}") from None
+    if origin in (Mapping, dict, typing.Mapping) or tp in (dict,):
+        if not isinstance(value, Mapping):
+            raise bad("a mapping")
+        return dict(value)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        return tuple(value) if origin is tuple else list(value)
+    section = _section(tp)
+    if section is not None:
+        return _build(section, value, key + ".")
+    return value
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, merging nested mappings key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# Key fragments that mark a value as secret in `masked` (librdkafka's sasl.password,
+# ssl.key.password, sasl.jaas.config, sasl.oauthbearer.client.secret, ssl.key.pem, ...).
+SECRET_MARKERS = ("password", "secret", "token", "jaas", "credential", "private", "ssl.key.pem", "api.key",
+                  "oauthbearer.config")
+MASK = "*****"
+
+
+def config_to_plain(cfg: Any) -> Any:
+    """A YAML-safe form of a config (or any part of it): the shape `config_from_mapping` reads."""
+    if isinstance(cfg, FeatureSpec):
+        return cfg.to_dict()
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_to_plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    if isinstance(cfg, Mapping):
+        return {str(k): config_to_plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (tuple, list)):
+        return [config_to_plain(v) for v in cfg]
+    return cfg
+
+
+def masked(plain: Any) -> Any:
+    """`plain` with the value of every key that names a secret (`SECRET_MARKERS`) replaced by
+    ``*****``, at any depth."""
+    if isinstance(plain, Mapping):
+        return {k: MASK if any(m in str(k).lower() for m in SECRET_MARKERS) and v is not None else masked(v)
+                for k, v in plain.items()}
+    if isinstance(plain, list):
+        return [masked(v) for v in plain]
+    return plain

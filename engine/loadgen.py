@@ -210,7 +210,7 @@ def produce(
 
         from engine.topics import TopicError, cluster_metadata
 
-        found = cluster_metadata(bootstrap).topics.get(topic)
+        found = cluster_metadata(bootstrap, client=producer_config).topics.get(topic)
         if found is None or found.error is not None:
             raise TopicError(f"topic {topic!r} does not exist on {bootstrap}: create it with "
                              "`streamscore topics create` (or your cluster's tooling)")

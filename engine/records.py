@@ -1,5 +1,9 @@
 """Wire formats the engine writes: score records and dead-letter records.
 
+JSON Schemas: docs/schemas/score.v1.json and docs/schemas/dead-letter.v1.json; a typed reader for
+Python consumers is `engine.reader`; docs/downstream.md. Within a schema version fields are only
+ever added (readers ignore unknown fields); a removed or changed field bumps the version.
+
 Score record (topic `scores`, key = entity, value = JSON, `schema_version` 1):
 
     {"schema_version": 1, "event_id": str, "entity": str, "score": float,
@@ -10,6 +14,7 @@ Score record (topic `scores`, key = entity, value = JSON, `schema_version` 1):
 Dead-letter record (topic `clicks.dlq`): key and value are the ORIGINAL bytes, untouched, so a
 fixed consumer can replay them; the why travels in headers:
 
+    schema_version    "1"
     reason            stable code (malformed_json, missing_field, …, late, empty)
     error             human-readable detail
     source.topic      input topic
@@ -28,6 +33,7 @@ import numpy as np
 import orjson
 
 SCORE_SCHEMA_VERSION = 1
+DEAD_LETTER_SCHEMA_VERSION = 1
 
 
 def score_records(
@@ -63,6 +69,7 @@ def score_records(
 
 def dlq_headers(reason: str, error: str, topic: str, partition: int, offset: int, timestamp: int) -> list[tuple[str, bytes]]:
     return [
+        ("schema_version", b"%d" % DEAD_LETTER_SCHEMA_VERSION),
         ("reason", reason.encode()),
         ("error", error.encode()[:4096]),
         ("source.topic", topic.encode()),

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
+from engine.kafka_clients import client_settings
 from engine.latency import LatencyRecorder
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
@@ -152,35 +153,29 @@ class ScoringEngine:
         self._refused_seen = 0
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
-        md = cluster_metadata(bootstrap)  # BrokerUnreachable, before any client starts retrying
-        producer_conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "partitioner": "murmur2_random",
-        }
+        md = cluster_metadata(bootstrap, client=cfg.kafka)  # BrokerUnreachable, before any client retries
+        required: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"}
         if self._eos:
-            producer_conf["transactional.id"] = self._transactional_id()
-            producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
-        self._producer = Producer(producer_conf)
+            required["transactional.id"] = self._transactional_id()
+            required["transaction.timeout.ms"] = cfg.transaction_timeout_ms
+        self._producer = Producer(client_settings(
+            bootstrap, cfg.kafka, defaults={"linger.ms": 5, "compression.type": "lz4"}, required=required))
         self._prepare_topics(md)
         if self._eos:
             # Fences any earlier incarnation with the same id and aborts its open transaction.
             self._producer.init_transactions(60)
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
+        self._consumer = Consumer(client_settings(bootstrap, cfg.kafka, defaults={
+            "auto.offset.reset": "earliest",
+            "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5),
+            "fetch.wait.max.ms": max(1, min(cfg.batch_wait_ms, 100)),
+        }, required={
             "group.id": cfg.group_id,
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": cfg.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5),
             "enable.partition.eof": False,
-            "fetch.wait.max.ms": max(1, min(cfg.batch_wait_ms, 100)),
-        })
+        }))
         self._publish_models()
 
     def _transactional_id(self) -> str:
@@ -197,7 +192,7 @@ class ScoringEngine:
             raise TopicsMissing(f"topics {missing} do not exist on {self.bootstrap}: create them with "
                                 "`streamscore topics create` (or your cluster's tooling)")
         partitions = len(md.topics[self.cfg.input_topic].partitions)
-        ensure_topics(self.bootstrap, [TopicSpec(self._changelog, partitions, compacted=True)])
+        ensure_topics(self.bootstrap, [TopicSpec(self._changelog, partitions, compacted=True)], client=self.cfg.kafka)
 
     def _publish_models(self) -> None:
         serving = self._router.describe()
@@ -357,7 +352,7 @@ class ScoringEngine:
         for tp in partitions:
             store = PartitionStore(self._state_root / f"{tp.topic}-{tp.partition}", self.cfg.rocksdb)
             result = restore(self.bootstrap, self._changelog, tp.partition, store,
-                             on_progress=self._restore_progress(tp.partition))
+                             on_progress=self._restore_progress(tp.partition), client=self.cfg.kafka)
             self.stats.restored_records += result.records
             self.metrics.restored_records.inc(result.records)
             self.metrics.restore_remaining.labels(str(tp.partition)).set(0)

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic
 
 from engine.broker import BrokerUnreachable, connect_timeout_s
+from engine.kafka_clients import client_settings
 
 __all__ = ["TopicError", "TopicSpec", "cluster_metadata", "delete_topics", "ensure_topics", "topic_config"]
 
@@ -57,17 +58,19 @@ class TopicSpec:
         return NewTopic(self.name, num_partitions=self.partitions, config=self.topic_config())
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def _admin(bootstrap: str, client: Mapping[str, Any] | None) -> AdminClient:
+    return AdminClient(client_settings(bootstrap, client))
 
 
-def cluster_metadata(bootstrap: str, timeout: float | None = None) -> ClusterMetadata:
+def cluster_metadata(bootstrap: str, timeout: float | None = None,
+                     client: Mapping[str, Any] | None = None) -> ClusterMetadata:
     """The cluster's metadata (brokers, topics), or BrokerUnreachable after `timeout` seconds
-    (default `engine.broker.connect_timeout_s()`). The probe client logs nothing itself: an
-    unreachable cluster is reported once, by the exception, not by librdkafka's retry lines."""
+    (default `engine.broker.connect_timeout_s()`). `client`: the user's Kafka settings (security
+    settings reach the probe too). The probe client logs nothing itself: an unreachable cluster is
+    reported once, by the exception, not by librdkafka's retry lines."""
     wait = connect_timeout_s() if timeout is None else timeout
     try:
-        return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=wait)
+        return AdminClient(client_settings(bootstrap, client, required={"log_level": 0})).list_topics(timeout=wait)
     except KafkaException as exc:
         raise BrokerUnreachable(
             f"cannot reach Kafka at {bootstrap} within {wait:g} s ({_reason(exc)}): start it with `streamscore "
@@ -104,22 +107,23 @@ def _check_partitions(specs: Iterable[TopicSpec], counts: Mapping[str, int]) -> 
                              "declared; delete the topic or change the declaration (partitions map keys to state)")
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
+                  client: Mapping[str, Any] | None = None) -> list[str]:
     """Create the topics of `specs` that do not exist; return the names this call created.
 
     Existing topics are left as they are (their configs are not altered) but must have the
     declared partition count, else TopicError. Returns when every declared topic is visible with
     a leader for each partition, so clients can use them at once; raises TopicError after
-    `timeout` seconds."""
+    `timeout` seconds. `client`: the user's Kafka settings (`engine.kafka_clients`)."""
     specs = list(specs)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate topic names in {names}")
     if not specs:
         return []
-    cluster_metadata(bootstrap, min(timeout, connect_timeout_s()))  # fail fast, clearly, if unreachable
+    cluster_metadata(bootstrap, min(timeout, connect_timeout_s()), client)  # fail fast, clearly, if unreachable
     deadline = time.monotonic() + timeout
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, client)
     counts = _partition_counts(admin, timeout)
     _check_partitions(specs, counts)
     missing = [s for s in specs if s.name not in counts]
@@ -155,12 +159,13 @@ def _await_visible(admin: AdminClient, specs: list[TopicSpec], deadline: float) 
         time.sleep(0.05)  # poll interval
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> None:
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0,
+                  client: Mapping[str, Any] | None = None) -> None:
     """Delete the named topics; topics that do not exist are ignored."""
     names = list(dict.fromkeys(names))
     if not names:
         return
-    admin = _admin(bootstrap)  # keep a reference: a collected client fails its futures
+    admin = _admin(bootstrap, client)  # keep a reference: a collected client fails its futures
     futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     for name, future in futures.items():
         try:
@@ -170,10 +175,11 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
                 raise TopicError(f"deleting topic {name!r} failed: {exc}") from exc
 
 
-def topic_config(bootstrap: str, name: str, timeout: float = 30.0) -> dict[str, str]:
+def topic_config(bootstrap: str, name: str, timeout: float = 30.0,
+                 client: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The effective configuration of topic `name` (describe_configs), as strings."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    admin = _admin(bootstrap)  # keep a reference: a collected client fails its futures
+    admin = _admin(bootstrap, client)  # keep a reference: a collected client fails its futures
     future = admin.describe_configs([resource], request_timeout=timeout)[resource]
     try:
         entries = future.result(timeout=timeout + 5)

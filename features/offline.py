@@ -22,6 +22,8 @@ from features.partitioning import kafka_partition
 from features.schema import EventSchema
 from features.spec import FeatureSpec
 
+PROGRESS_EVERY = 16_384  # events between progress callbacks
+
 
 @dataclass
 class FeatureTable:
@@ -56,6 +58,7 @@ def replay(
     partition_of: Callable[[str, int], int] = kafka_partition,
     batch_size: int = 512,
     invalid: dict[str, int] | None = None,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> FeatureTable:
     """Run canonical `events` (log order) through the streaming semantics and collect rows.
 
@@ -63,6 +66,7 @@ def replay(
         num_partitions: partitions of the live topic the log came from (lateness is per partition).
         partition_of: the live topic's partitioner, ``(key, n) -> partition``.
         batch_size: events per partition per `process_batch` call; does not change results.
+        on_progress: called as ``(stage, events read, None)`` every `PROGRESS_EVERY` events.
     """
     if num_partitions < 1:
         raise ValueError("num_partitions must be >= 1")
@@ -90,16 +94,22 @@ def replay(
         batch.clear()
 
     entity = spec.entity
+    if on_progress is not None:
+        on_progress("offline features", 0, None)
     for idx, event in enumerate(events):
         all_events.append(event)
         p = partition_of(event[entity], num_partitions)
         pending[p].append((idx, event))
         if len(pending[p]) >= batch_size:
             flush(p)
+        if on_progress is not None and idx % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            on_progress("offline features", idx + 1, None)
     for p in range(num_partitions):
         if pending[p]:
             flush(p)
 
+    if on_progress is not None:
+        on_progress("offline features", len(all_events), len(all_events))
     order = sorted(row_of)
     X = np.stack([row_of[i] for i in order]) if order else np.empty((0, spec.width), np.float32)
     return FeatureTable(

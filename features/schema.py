@@ -30,14 +30,31 @@ referrer    str | None
 
 Identifier fields (event_id, user_id, session_id, product_id) accept JSON strings or integers;
 integers are converted to their decimal string so that `42` and `"42"` are the same entity.
+
+Foreign upstreams (docs/upstream.md) are taken by configuration alone:
+
+- ``ts_unit`` says what a numeric timestamp counts (``s``, ``ms``, ``us``, ``ns``; floats and
+  numeric strings too) or that it must be a string (``iso``); ``ts_format`` parses string
+  timestamps with `datetime.strptime` instead of ISO-8601 (e.g. ``"%Y-%m-%d %H:%M:%S UTC"``).
+  Every unit is floored to whole milliseconds, exactly (no float rounding).
+- ``event_types`` maps upstream event-type values to the canonical ones (``{cart: add_to_cart}``);
+  unmapped values pass through unchanged.
+- ``extra_fields`` adds non-canonical upstream columns (``{category: category_code}``) to the
+  canonical event as string-or-null values, usable as categorical features of the spec.
+- ``derive_event_id``: an event without an upstream id gets ``h`` + 16 hex digits of a blake2b
+  digest of its *canonical content* (every other canonical and extra field, after mapping and
+  conversion), so the same record has the same id online and offline, from JSON, CSV or Parquet,
+  whatever topic, partition or offset carries it. Records equal in every field share an id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -57,7 +74,9 @@ CANONICAL_FIELDS: tuple[str, ...] = (
 )
 _ID_FIELDS = frozenset({"event_id", "user_id", "session_id", "product_id"})
 _STR_FIELDS = frozenset({"event_type", "page", "device", "country", "referrer"})
-_STR, _ID, _TS, _PRICE = "str", "id", "ts", "price"  # how a field is checked
+_STR, _ID, _TS, _PRICE, _ETYPE = "str", "id", "ts", "price", "etype"  # how a field is checked
+_TS_SCALED = "ts_scaled"  # a timestamp in another unit than ms: no int fast path
+TS_UNITS = {"s": 1000, "ms": 1, "us": Decimal(1) / 1000, "ns": Decimal(1) / 1_000_000, "iso": None}
 
 # Reason codes. Stable: they appear in dead-letter records and metric labels.
 OVERSIZE = "oversize"
@@ -104,6 +123,8 @@ class EventSchema:
         max_bytes: messages larger than this are rejected as ``oversize`` before parsing.
         min_ts_ms / max_ts_ms: event times outside [min, max) are ``bad_timestamp``.
         max_price: prices above this are ``out_of_range``; at most (and by default) `MAX_PRICE`.
+        ts_unit / ts_format / event_types / extra_fields / derive_event_id: foreign upstreams,
+            see the module docstring.
     """
 
     field_map: Mapping[str, str] = field(default_factory=dict)
@@ -112,6 +133,11 @@ class EventSchema:
     min_ts_ms: int = DEFAULT_MIN_TS_MS
     max_ts_ms: int = DEFAULT_MAX_TS_MS
     max_price: float = MAX_PRICE
+    ts_unit: str = "ms"
+    ts_format: str | None = None
+    event_types: Mapping[str, str] = field(default_factory=dict)
+    extra_fields: Mapping[str, str] = field(default_factory=dict)
+    derive_event_id: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.field_map) - set(CANONICAL_FIELDS)
@@ -132,10 +158,23 @@ class EventSchema:
                 or not 0 < self.max_price <= MAX_PRICE):
             raise ValueError(f"schema.max_price must be a number in (0, {MAX_PRICE!r}] (the largest float32), "
                              f"got {self.max_price!r}")
+        if self.ts_unit not in TS_UNITS:
+            raise ValueError(f"schema.ts_unit must be one of {list(TS_UNITS)}, got {self.ts_unit!r}")
+        bad_extra = [n for n in self.extra_fields if not str(n).isidentifier() or n in CANONICAL_FIELDS]
+        if bad_extra:
+            raise ValueError(f"schema.extra_fields names {bad_extra} must be identifiers that are not canonical "
+                             f"fields {list(CANONICAL_FIELDS)}")
+        if not all(isinstance(v, str) for v in (*self.event_types, *self.event_types.values())):
+            raise ValueError("schema.event_types maps upstream event-type strings to canonical ones")
         # Precomputed (canonical, upstream, kind, required) per field: the decode loop is hot.
-        kinds = {"ts": _TS, "price": _PRICE} | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
+        kinds = ({"ts": _TS if self.ts_unit == "ms" else _TS_SCALED, "price": _PRICE}
+                 | dict.fromkeys(_ID_FIELDS, _ID) | dict.fromkeys(_STR_FIELDS, _STR)
+                 | ({"event_type": _ETYPE} if self.event_types else {}))
+        required = set(self.required) - ({"event_id"} if self.derive_event_id else set())
         object.__setattr__(self, "_plan", tuple(
-            (c, self.field_map.get(c, c), kinds[c], c in self.required) for c in CANONICAL_FIELDS))
+            (c, self.field_map.get(c, c), kinds[c], c in required) for c in CANONICAL_FIELDS))
+        object.__setattr__(self, "_scale", TS_UNITS[self.ts_unit])
+        object.__setattr__(self, "_extended", bool(self.extra_fields) or self.derive_event_id)
 
     def upstream_name(self, canonical: str) -> str:
         """The upstream field name that carries `canonical`."""
@@ -178,28 +217,54 @@ class EventSchema:
             elif kind is _TS:
                 event["ts"] = (value if type(value) is int and lo <= value < hi
                                else self._timestamp(value, upstream))
+            elif kind is _TS_SCALED:
+                event["ts"] = self._timestamp(value, upstream)
+            elif kind is _ETYPE:
+                if type(value) is not str:
+                    raise InvalidEvent(
+                        WRONG_TYPE, f"field {upstream!r} must be a string, got {type(value).__name__}"
+                    )
+                event[canonical] = self.event_types.get(value, value)
             else:
                 event["price"] = (value if type(value) is float and 0.0 <= value <= max_price
                                   else _price(value, upstream, max_price))
         if event["user_id"] == "":
             raise InvalidEvent(MISSING_FIELD, f"field {self.upstream_name('user_id')!r} is empty")
+        if self._extended:  # type: ignore[attr-defined]
+            for name, upstream in self.extra_fields.items():
+                value = get(upstream)
+                event[name] = value if value is None or type(value) is str else _identifier(value, upstream)
+            if event["event_id"] is None and self.derive_event_id:
+                event["event_id"] = derived_event_id(event)
         return event
 
     def _timestamp(self, value: Any, name: str) -> int:
+        scale = self._scale  # type: ignore[attr-defined]
+        expected = "an ISO-8601 string" if scale is None else f"epoch {self.ts_unit} or ISO-8601"
         if isinstance(value, bool):
-            raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be epoch ms or ISO-8601, got bool")
+            raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be {expected}, got bool")
+        if isinstance(value, str) and scale is not None and value[:1].isdigit() and "-" not in value:
+            try:  # a numeric string (CSV, or an upstream that quotes its numbers)
+                value = int(value) if value.isdigit() else float(value)
+            except ValueError:
+                raise InvalidEvent(BAD_TIMESTAMP, f"field {name!r}={value[:64]!r} is not a number") from None
+        if isinstance(value, (int, float)) and scale is None:
+            raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be {expected}, got {type(value).__name__}")
         if isinstance(value, int):
-            ts = value
+            ts = value * scale if type(scale) is int else math.floor(value * scale)
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise InvalidEvent(NON_FINITE, f"field {name!r} is {value}")
-            ts = math.floor(value)
+            # Decimal of the float's shortest repr: 1439694000.123 s is 1439694000123 ms, not ...122.
+            ts = math.floor(value) if scale == 1 else math.floor(Decimal(repr(value)) * scale)
         elif isinstance(value, str):
             try:
-                parsed = datetime.fromisoformat(value)
+                parsed = (datetime.strptime(value, self.ts_format) if self.ts_format
+                          else datetime.fromisoformat(value))
             except ValueError:
                 raise InvalidEvent(
-                    BAD_TIMESTAMP, f"field {name!r}={value[:64]!r} is not ISO-8601"
+                    BAD_TIMESTAMP, f"field {name!r}={value[:64]!r} is not "
+                    + (f"in the format {self.ts_format!r}" if self.ts_format else "ISO-8601")
                 ) from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
@@ -207,15 +272,24 @@ class EventSchema:
             whole = int(parsed.replace(microsecond=0).timestamp())
             ts = whole * 1000 + parsed.microsecond // 1000
         else:
-            raise InvalidEvent(
-                WRONG_TYPE, f"field {name!r} must be epoch ms or ISO-8601, got {type(value).__name__}"
-            )
+            raise InvalidEvent(WRONG_TYPE, f"field {name!r} must be {expected}, got {type(value).__name__}")
         if not self.min_ts_ms <= ts < self.max_ts_ms:
             raise InvalidEvent(
                 BAD_TIMESTAMP,
                 f"field {name!r}={ts} ms is outside [{self.min_ts_ms}, {self.max_ts_ms})",
             )
         return ts
+
+
+def derived_event_id(event: Mapping[str, Any]) -> str:
+    """``h`` + 16 hex digits: blake2b of the event's canonical content (every field but event_id,
+    extra fields in name order). Equal for the same record from any source; see the module doc."""
+    content = [event[c] for c in CANONICAL_FIELDS if c != "event_id"]
+    content.extend(sorted((k, v) for k, v in event.items() if k not in _CANONICAL_SET))
+    return "h" + hashlib.blake2b(orjson.dumps(content), digest_size=8).hexdigest()
+
+
+_CANONICAL_SET = frozenset(CANONICAL_FIELDS)
 
 
 def _identifier(value: Any, name: str) -> str:

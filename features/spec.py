@@ -231,6 +231,9 @@ class FeatureSpec:
             an event older than the watermark is late: it updates nothing and is dead-lettered.
         idle_ttl_ms: entity-level memory (recency, session depth) is forgotten after the entity
             has been idle this long in event time; must be >= the longest window. Bounds state.
+        extra_fields: names of non-canonical event fields (string or null, brought in by the
+            schema's ``extra_fields`` mapping) that features may use like categorical fields
+            (onehot, distinct). Part of the hash when non-empty.
     """
 
     name: str
@@ -238,6 +241,7 @@ class FeatureSpec:
     entity: str = "user_id"
     grace_ms: int = 60_000
     idle_ttl_ms: int = 7 * 86_400_000
+    extra_fields: tuple[str, ...] = ()
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -272,23 +276,29 @@ class FeatureSpec:
         return f"fs-{digest[:16]}"
 
     def _semantics(self) -> dict[str, Any]:
-        return {
+        semantics = {
             "semantics_version": SEMANTICS_VERSION,
             "entity": self.entity,
             "grace_ms": self.grace_ms,
             "idle_ttl_ms": self.idle_ttl_ms,
             "features": [_canonical(f) for f in self.features],
         }
+        if self.extra_fields:  # only when used, so specs without extras keep their hashes
+            semantics["extra_fields"] = sorted(self.extra_fields)
+        return semantics
 
     def to_dict(self) -> dict[str, Any]:
         """A YAML/JSON-friendly description; `from_dict` reads it back."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "entity": self.entity,
             "grace": format_duration(self.grace_ms),
             "idle_ttl": format_duration(self.idle_ttl_ms),
-            "features": [f.to_dict() for f in self.features],
         }
+        if self.extra_fields:
+            d["extra_fields"] = list(self.extra_fields)
+        d["features"] = [f.to_dict() for f in self.features]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
@@ -301,11 +311,18 @@ class FeatureSpec:
                 entity=str(d.get("entity", "user_id")),
                 grace_ms=parse_duration(d.get("grace", 60_000)),
                 idle_ttl_ms=parse_duration(d.get("idle_ttl", 7 * 86_400_000)),
+                extra_fields=tuple(d.get("extra_fields") or ()),
             )
         except KeyError as exc:
             raise ValueError(f"feature spec is missing key {exc}") from None
 
     def _validate(self) -> None:
+        bad_extra = [n for n in self.extra_fields
+                     if not isinstance(n, str) or not n.isidentifier() or n in CATEGORICAL_FIELDS | NUMERIC_FIELDS
+                     or n in ("ts",)]
+        if bad_extra:
+            raise ValueError(f"extra_fields {bad_extra} must be identifiers other than the canonical fields")
+        categorical = CATEGORICAL_FIELDS | set(self.extra_fields)
         if self.entity not in CATEGORICAL_FIELDS:
             raise ValueError(f"entity {self.entity!r} must be a canonical id/string field")
         if self.grace_ms < 0:
@@ -324,7 +341,7 @@ class FeatureSpec:
         known = set()
         for f in self.features:
             if isinstance(f, Aggregate):
-                _validate_aggregate(f)
+                _validate_aggregate(f, categorical)
             elif isinstance(f, Ratio):
                 missing = {f.numerator, f.denominator} - known
                 if missing:
@@ -332,12 +349,13 @@ class FeatureSpec:
             elif isinstance(f, CurrentValue) and f.field not in NUMERIC_FIELDS:
                 raise ValueError(f"current value {f.name!r}: field {f.field!r} is not numeric {sorted(NUMERIC_FIELDS)}")
             elif isinstance(f, OneHot):
-                if f.field not in CATEGORICAL_FIELDS or not f.categories:
-                    raise ValueError(f"onehot on {f.field!r} needs a categorical field and >= 1 category")
+                if f.field not in categorical or not f.categories:
+                    raise ValueError(f"onehot on {f.field!r} needs a categorical field (canonical or declared in "
+                                     "extra_fields) and >= 1 category")
             known.update(f.names if isinstance(f, OneHot) else (f.name,))
 
 
-def _validate_aggregate(f: Aggregate) -> None:
+def _validate_aggregate(f: Aggregate, categorical: frozenset[str] | set[str] = CATEGORICAL_FIELDS) -> None:
     if f.agg not in AGGREGATIONS:
         raise ValueError(f"feature {f.name!r}: aggregation {f.agg!r} is not one of {AGGREGATIONS}")
     if f.agg == "count":
@@ -347,7 +365,7 @@ def _validate_aggregate(f: Aggregate) -> None:
         raise ValueError(f"feature {f.name!r}: {f.agg} needs a field")
     elif f.agg in _NEEDS_NUMERIC and f.field not in NUMERIC_FIELDS:
         raise ValueError(f"feature {f.name!r}: {f.agg} needs a numeric field {sorted(NUMERIC_FIELDS)}, got {f.field!r}")
-    elif f.agg == "distinct" and f.field not in CATEGORICAL_FIELDS | NUMERIC_FIELDS:
+    elif f.agg == "distinct" and f.field not in categorical | NUMERIC_FIELDS:
         raise ValueError(f"feature {f.name!r}: unknown field {f.field!r}")
     if f.where is not None and (not f.where or not all(isinstance(t, str) for t in f.where)):
         raise ValueError(f"feature {f.name!r}: where must be a non-empty list of event types")

@@ -40,6 +40,7 @@ def train_from_log(
     seed: int = 0,
     log: Callable[[str], None] | None = print,
     candidates: Sequence[str] = KINDS,
+    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> TrainingRunResult:
     """Build the point-in-time training set from `events_path` (JSONL or Parquet, topic order), train,
     export, verify, evaluate on a time-gapped holdout, register, and maybe promote.
@@ -48,17 +49,24 @@ def train_from_log(
         num_partitions: partitions of the topic the log came from (lateness is per partition).
         horizon_ms: label = the user purchases within this many ms after the event.
         candidates: model kinds eligible to be registered (see `models.training_run.select_candidate`).
+        progress: ``(stage, done, total)`` callback for the feature replay (e.g. `engine.progress.Progress`).
     """
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     invalid: dict[str, int] = {}
-    events = list(read_events(events_path, schema or EventSchema(), invalid))
+    events: list[dict] = []
+    if progress is not None:
+        progress("reading events", 0, None)
+    for event in read_events(events_path, schema or EventSchema(), invalid):
+        events.append(event)
+        if progress is not None and len(events) % 16_384 == 0:
+            progress("reading events", len(events), None)
     if not events:
         fields = ", ".join((schema or EventSchema()).required)
         raise NoValidEvents(
             f"{events_path} holds no valid events (invalid by reason: {invalid or 'the log is empty'}); every "
             f"event needs {fields}: check the log, or map its field names with schema.field_map in --config")
-    table = replay(events, spec, num_partitions, invalid=invalid)
+    table = replay(events, spec, num_partitions, invalid=invalid, on_progress=progress)
     say(f"  features: {len(table):,} rows x {spec.width} from {len(events):,} events in "
         f"{time.perf_counter() - t0:.1f} s (late {len(table.late):,}, invalid {sum(invalid.values()):,}, "
         f"spec {spec.hash})")

@@ -63,7 +63,7 @@ def test_score_records_carry_lineage_and_optional_features() -> None:
 
 def test_dlq_headers_round_trip() -> None:
     h = headers_dict(dlq_headers("late", "too old", "clicks", 3, 42, 1000))
-    assert h == {"reason": "late", "error": "too old", "source.topic": "clicks", "source.partition": "3",
+    assert h == {"schema_version": "1", "reason": "late", "error": "too old", "source.topic": "clicks", "source.partition": "3",
                  "source.offset": "42", "source.timestamp": "1000"}
 
 
