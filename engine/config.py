@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from engine.retrain_config import RetrainConfig
 from features.clickstream import clickstream_spec
 from features.schema import EventSchema
 from features.spec import FeatureSpec
@@ -83,6 +84,7 @@ class EngineConfig:
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
             expiry besides the ones it touches, one per message of the batch (an incremental
             sweep in key order that deletes entities gone idle; docs/features.md). 0 disables it.
+        retrain: the retraining worker's section (`engine.retrain_config`, docs/retraining.md).
     """
 
     bootstrap_servers: str | None = None
@@ -111,6 +113,7 @@ class EngineConfig:
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -181,6 +184,8 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
                     kwargs[key] = FeatureSpec.from_dict(value)
             elif key == "rocksdb":
                 kwargs[key] = value if isinstance(value, RocksDBConfig) else RocksDBConfig(**value)
+            elif key == "retrain":
+                kwargs[key] = value if isinstance(value, RetrainConfig) else RetrainConfig.from_mapping(value)
             else:
                 kwargs[key] = value
     except ConfigError:
