@@ -129,7 +129,7 @@ def once(
     if events is not None:
         from features.eventlog import read_events
 
-        def load(_from_ms: int, _to_ms: int) -> History:
+        def load(_from_ms: int | None, _to_ms: int) -> History:
             invalid: dict[str, int] = {}
             return History(events=list(read_events(events, cfg.schema, invalid)), num_partitions=partitions,
                            invalid=invalid, source={"kind": "file", "path": str(events)})

@@ -137,6 +137,8 @@ class EngineConfig:
              f"canary_share must be a number in [0, 1], got {self.canary_share!r}")
         topics = (self.input_topic, self.scores_topic, self.dlq_topic)
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
+        problem = self.retrain.spec_problem(self.features)
+        need(problem is None, str(problem))
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
 

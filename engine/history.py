@@ -5,11 +5,12 @@ The input topic is the event log: `streamscore topics create` gives it a long re
 
 - a ``read_committed`` consumer (no group membership, nothing committed) assigned partition by
   partition;
-- the start of each partition is found with ``offsets_for_times(from_ms - timestamp_slack_ms)``
-  on the Kafka record timestamps. It loses nothing as long as no record's timestamp is earlier
-  than its event time by more than the slack (true for CreateTime stamped at publish, for
-  LogAppendTime, and for producers that stamp records with the event time); records from before
-  that point may be read too, they only add warm-up;
+- each partition is read from its earliest retained offset, or, given ``from_ms``, from
+  ``offsets_for_times(from_ms - timestamp_slack_ms)`` on the Kafka record timestamps. That loses
+  nothing as long as no record's timestamp is earlier than its event time by more than the slack
+  (true for CreateTime stamped at publish, for LogAppendTime, and for producers that stamp
+  records with the event time); records from before that point may be read too, they only add
+  warm-up;
 - each partition is read up to its end offset as it was when reading started (records appended
   later are left for the next run), in offset order;
 - values are decoded with the engine's `EventSchema`: invalid records are counted by reason,
@@ -46,7 +47,7 @@ def read_topic_history(
     bootstrap: str,
     topic: str,
     schema: EventSchema,
-    from_ms: int,
+    from_ms: int | None,
     *,
     entity: str = "user_id",
     timestamp_slack_ms: int = 3_600_000,
@@ -56,7 +57,8 @@ def read_topic_history(
     """Canonical events of `topic` from (about) event time `from_ms` to the current end.
 
     Args:
-        from_ms: earliest event time needed (epoch ms); see the module docstring for the seek.
+        from_ms: earliest event time needed (epoch ms; see the module docstring for the seek);
+            None reads from the earliest retained record.
         entity: the canonical field the topic is keyed by; records whose partition is not the
             entity's Kafka partition are counted as ``misrouted`` in the source (the engine's
             state for such an entity is split over partitions, and replay cannot reproduce it).
@@ -79,7 +81,7 @@ def read_topic_history(
         consumer.close()
 
 
-def _read(consumer: Consumer, bootstrap: str, topic: str, schema: EventSchema, from_ms: int, entity: str,
+def _read(consumer: Consumer, bootstrap: str, topic: str, schema: EventSchema, from_ms: int | None, entity: str,
           slack_ms: int, stall_timeout_s: float, say: Callable[[str], None]) -> History:
     try:
         md = consumer.list_topics(topic, timeout=10)
@@ -90,21 +92,22 @@ def _read(consumer: Consumer, bootstrap: str, topic: str, schema: EventSchema, f
         raise HistoryUnavailable(f"topic {topic!r} does not exist on {bootstrap} (create it with "
                                  "`streamscore topics create`)")
     n = len(meta.partitions)
-    seek_ms = max(0, from_ms - slack_ms)
+    seek_ms = None if from_ms is None else max(0, from_ms - slack_ms)
     try:
-        found = consumer.offsets_for_times([TopicPartition(topic, p, seek_ms) for p in range(n)], timeout=30)
         bounds = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
                   for p in range(n)]
+        found = ([low for low, _ in bounds] if seek_ms is None else
+                 [tp.offset for tp in consumer.offsets_for_times([TopicPartition(topic, p, seek_ms) for p in range(n)],
+                                                                 timeout=30)])
     except KafkaException as exc:
         raise HistoryUnavailable(f"cannot read offsets of {topic!r} on {bootstrap}: {exc}") from None
     ranges: dict[int, tuple[int, int]] = {}
-    for tp, (low, high) in zip(found, bounds):
-        start = high if tp.offset < 0 else max(tp.offset, low)  # < 0: no record at or after seek_ms
-        ranges[tp.partition] = (start, high)
+    for p, (offset, (low, high)) in enumerate(zip(found, bounds)):
+        ranges[p] = (high if offset < 0 else max(offset, low), high)  # < 0: no record at or after seek_ms
     todo = {p for p, (start, end) in ranges.items() if start < end}
     total = sum(end - start for start, end in ranges.values())
-    say(f"[history] {topic}: {n} partitions, reading {total:,} offsets from record time {seek_ms} "
-        f"(event time {from_ms} - slack {slack_ms} ms)")
+    where = "the earliest retained record" if seek_ms is None else f"record time {seek_ms} (event time - slack)"
+    say(f"[history] {topic}: {n} partitions, reading {total:,} offsets from {where}")
     per_partition: dict[int, list[dict[str, Any]]] = {p: [] for p in range(n)}
     invalid: dict[str, int] = {}
     partition_of: dict[str, int] = {}

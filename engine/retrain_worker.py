@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 from engine.config import EngineConfig
 from engine.history import read_topic_history
 from models.registry import Registry
-from models.retraining import History, RetrainError, RetrainOutcome, retrain
+from models.retraining import History, HistoryLoader, RetrainError, RetrainOutcome, retrain
 from models.trigger import RetrainTrigger, TriggerError
 
 log = logging.getLogger("streamscore.retrain")
@@ -56,15 +56,15 @@ class WorkerStats:
 
 
 def topic_history_loader(cfg: EngineConfig, bootstrap: str,
-                         progress: Callable[[str], None] | None = None) -> Callable[[int, int], History]:
+                         progress: Callable[[str], None] | None = None) -> HistoryLoader:
     """A `models.retraining.HistoryLoader` reading the engine's input topic."""
-    def load(from_ms: int, _to_ms: int) -> History:
+    def load(from_ms: int | None, _to_ms: int) -> History:
         return read_topic_history(bootstrap, cfg.input_topic, cfg.schema, from_ms, entity=cfg.features.entity,
                                   timestamp_slack_ms=cfg.retrain.timestamp_slack, progress=progress)
     return load
 
 
-def run_trigger(raw: bytes | None, cfg: EngineConfig, registry: Registry, load_history: Callable[[int, int], History],
+def run_trigger(raw: bytes | None, cfg: EngineConfig, registry: Registry, load_history: HistoryLoader,
                 progress: Callable[[str], None] | None = None) -> RetrainOutcome:
     """One trigger record to its outcome; never raises for a problem of this trigger."""
     t0 = time.perf_counter()

@@ -6,9 +6,9 @@
 2. dedupe: if a version whose lineage carries the trigger's idempotency key exists, nothing is
    trained (decision ``duplicate``); if that version was left undecided by a crash between
    registration and decision, the decision is taken now from its recorded metrics;
-3. load the history for the trigger's window: events from ``start - warm-up`` (warm-up =
-   `warmup_ms`, so the first rows have full window state) to the end, through `load_history`
-   (the input topic via `engine.history`, or a log file);
+3. load the history for the trigger's window through `load_history` (the input topic via
+   `engine.history`, or a log file): by default everything retained before the window's end, or
+   from ``start - policy.warmup_ms`` (see `RetrainPolicy.warmup_ms` for what that trades away);
 4. `models.pipeline.build_training_set` (the engine's feature executor, the training labels);
    too few usable rows or positives is an error (`RetrainError`), nothing is registered;
 5. `models.training_run.train_and_register` without promotion, with the trigger as ``lineage``
@@ -60,6 +60,12 @@ class RetrainPolicy:
         promote: False registers candidates that pass the gate without promoting them.
         seed: training seed.
         gate: the promotion gate.
+        warmup_ms: history replayed before the window start to build feature state. None (the
+            default): all retained history, which makes every row equal to what the engine
+            computed as long as the history holds everything the engine consumed. A duration
+            (>= `min_warmup_ms`) reads less: window aggregates stay exact, but entity memory
+            (recency of a filtered event such as the last cart add, the depth of a session) of
+            an entity never idle for ``idle_ttl`` across the warm-up start can differ.
     """
 
     min_rows: int = 1_000
@@ -69,6 +75,7 @@ class RetrainPolicy:
     promote: bool = True
     seed: int = 0
     gate: PromotionGate = field(default_factory=PromotionGate)
+    warmup_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_rows, int) or self.min_rows < 10:
@@ -98,8 +105,9 @@ class History:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-HistoryLoader = Callable[[int, int], History]
-"""``(from_ms, to_ms) -> History``: events covering event times [from_ms, to_ms] at least."""
+HistoryLoader = Callable[[int | None, int], History]
+"""``(from_ms, to_ms) -> History``: events covering event times [from_ms, to_ms] at least, in
+offset order per partition; ``from_ms`` None: from the start of the retained history."""
 
 
 @dataclass
@@ -155,9 +163,10 @@ def schedule_trigger(model: str, feature_spec: str, end_ms: int, window_ms: int,
     )
 
 
-def warmup_ms(spec: FeatureSpec) -> int:
-    """History needed before a row's event time for its features to be complete: the longest
-    window, or the entity-memory TTL (recency, session depth) if longer."""
+def min_warmup_ms(spec: FeatureSpec) -> int:
+    """The shortest warm-up allowed: the longest window, or the entity-memory TTL if longer.
+    With it, window aggregates are exact and entities idle for the TTL are forgotten on both
+    sides; memory of entities active without such a break can still differ (`RetrainPolicy`)."""
     return max([w.size_ms for w in spec.windows] + [spec.idle_ttl_ms])
 
 
@@ -200,12 +209,19 @@ def retrain(
     champion = _champion(registry, name)
     label = (LabelDefinition.from_dict(champion.manifest.training.label) if champion is not None
              else LabelDefinition(horizon_ms=policy.horizon_ms))
-    warmup = warmup_ms(spec)
+    warmup = policy.warmup_ms
+    if warmup is not None and warmup < min_warmup_ms(spec):
+        raise RetrainError(f"warm-up {warmup} ms is shorter than the feature spec's memory ({min_warmup_ms(spec)} ms: "
+                           "longest window / idle TTL); rows would lack window state")
     say(f"[retrain] trigger {trigger.trigger_id} ({trigger.reason}, key {trigger.idempotency_key}): window "
-        f"{_iso(start)} .. {_iso(end)} + warm-up {warmup // 3_600_000} h; champion "
-        f"{'v' + str(champion.version) if champion else 'none'}")
-    history = load_history(start - warmup, end)
-    data = build_training_set(history.events, spec, history.num_partitions, label.horizon_ms, window=(start, end),
+        f"{_iso(start)} .. {_iso(end)}, warm-up {'all retained history' if warmup is None else f'{warmup} ms'}; "
+        f"champion {'v' + str(champion.version) if champion else 'none'}")
+    history = load_history(None if warmup is None else start - warmup, end)
+    events = list(history.events)
+    if not events:
+        raise RetrainError(f"no valid events in the history for window {_iso(start)} .. {_iso(end)} "
+                           f"(source {history.source}, invalid {history.invalid})")
+    data = build_training_set(events, spec, history.num_partitions, label.horizon_ms, window=(start, end),
                               invalid=history.invalid)
     usable = data.ts + label.horizon_ms <= data.data_end_ms
     rows, positives = int(usable.sum()), int(data.y[usable].sum())
