@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from features.partitioning import kafka_partition
 from features.schema import EventSchema, InvalidEvent
@@ -66,6 +67,7 @@ def read_topic_history(
         progress: sink for progress lines (every 5 s); None for the module logger.
     """
     say = progress or log.info
+    n = topic_partitions(bootstrap, topic)
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": f"streamscore-history-{uuid.uuid4().hex[:12]}",  # never joins or commits
@@ -76,22 +78,27 @@ def read_topic_history(
         "fetch.max.bytes": 52_428_800,
     })
     try:
-        return _read(consumer, bootstrap, topic, schema, from_ms, entity, timestamp_slack_ms, stall_timeout_s, say)
+        return _read(consumer, topic, n, schema, from_ms, entity, timestamp_slack_ms, stall_timeout_s, say)
     finally:
         consumer.close()
 
 
-def _read(consumer: Consumer, bootstrap: str, topic: str, schema: EventSchema, from_ms: int | None, entity: str,
-          slack_ms: int, stall_timeout_s: float, say: Callable[[str], None]) -> History:
+def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
+    """Partition count of `topic`; `HistoryUnavailable` if the broker does not answer within
+    `timeout` or the topic does not exist. The probe client logs nothing (one clear error)."""
     try:
-        md = consumer.list_topics(topic, timeout=10)
+        md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(topic, timeout=timeout)
     except KafkaException as exc:
         raise HistoryUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from None
     meta = md.topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise HistoryUnavailable(f"topic {topic!r} does not exist on {bootstrap} (create it with "
                                  "`streamscore topics create`)")
-    n = len(meta.partitions)
+    return len(meta.partitions)
+
+
+def _read(consumer: Consumer, topic: str, n: int, schema: EventSchema, from_ms: int | None, entity: str,
+          slack_ms: int, stall_timeout_s: float, say: Callable[[str], None]) -> History:
     seek_ms = None if from_ms is None else max(0, from_ms - slack_ms)
     try:
         bounds = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
@@ -100,7 +107,7 @@ def _read(consumer: Consumer, bootstrap: str, topic: str, schema: EventSchema, f
                  [tp.offset for tp in consumer.offsets_for_times([TopicPartition(topic, p, seek_ms) for p in range(n)],
                                                                  timeout=30)])
     except KafkaException as exc:
-        raise HistoryUnavailable(f"cannot read offsets of {topic!r} on {bootstrap}: {exc}") from None
+        raise HistoryUnavailable(f"cannot read offsets of {topic!r}: {exc}") from None
     ranges: dict[int, tuple[int, int]] = {}
     for p, (offset, (low, high)) in enumerate(zip(found, bounds)):
         ranges[p] = (high if offset < 0 else max(offset, low), high)  # < 0: no record at or after seek_ms

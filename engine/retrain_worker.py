@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from engine.config import EngineConfig
 from engine.history import read_topic_history
@@ -93,8 +94,8 @@ class RetrainWorker:
         self._stop = threading.Event()
         self._load = topic_history_loader(cfg, bootstrap, progress=log.info)
         rc = cfg.retrain
-        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
         self._check_topics((cfg.input_topic, rc.trigger_topic, rc.outcome_topic))
+        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": rc.consumer_group(cfg.group_id),
@@ -106,8 +107,8 @@ class RetrainWorker:
         })
 
     def _check_topics(self, topics: tuple[str, ...]) -> None:
-        try:
-            md = self._producer.list_topics(timeout=10)
+        try:  # a probe that logs nothing: an unreachable broker is one clear error
+            md = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=10)
         except KafkaException as exc:
             raise WorkerSetupError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
         missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]

@@ -83,3 +83,10 @@ def test_user_errors_end_in_one_line_and_exit_2(setup, history: Path, tmp_path: 
         errors = [line for line in out.splitlines() if line.startswith("error:")]
         assert code == 2 and len(errors) == 1 and words in errors[0], (args, out)
     assert reg.versions("purchase") == [1] and reg.resolve("purchase", "champion").version == 1
+
+
+def test_an_unreachable_broker_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    result = runner.invoke(app, ["retrain", "worker", "--registry", str(tmp_path), "--idle-exit", "1"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "cannot reach Kafka at 127.0.0.1:1" in errors[0], result.output
