@@ -5,6 +5,7 @@ a worker that dies mid-run leaves its trigger to the next worker."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,27 @@ def test_the_cli_worker_and_one_shot_report_setup_errors_in_one_line(
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and "'no-such-clicks' does not exist" in errors[0], result.output
     assert champion.versions("purchase") == [1]
+
+
+def test_topics_create_gives_the_input_topic_its_history_retention(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from engine.topics import delete_topics, topic_config
+
+    stamp = uuid.uuid4().hex[:12]
+    names = {"input_topic": f"hist-clicks-{stamp}", "scores_topic": f"hist-scores-{stamp}",
+             "dlq_topic": f"hist-dlq-{stamp}"}
+    retrain = {"trigger_topic": f"hist-triggers-{stamp}", "outcome_topic": f"hist-outcomes-{stamp}",
+               "history_retention": "45d"}
+    config = tmp_path / "engine.yaml"
+    config.write_text(yaml.safe_dump({"bootstrap_servers": kafka_bootstrap, **names, "retrain": retrain}))
+    try:
+        result = CliRunner().invoke(app, ["topics", "create", "--config", str(config), "--partitions", "2"])
+        assert result.exit_code == 0, result.output
+        assert topic_config(kafka_bootstrap, names["input_topic"])["retention.ms"] == str(45 * 86_400_000)
+        for topic in (retrain["trigger_topic"], retrain["outcome_topic"]):
+            assert "retention.ms" in topic_config(kafka_bootstrap, topic)
+        config.write_text(yaml.safe_dump({"bootstrap_servers": kafka_bootstrap, **names,
+                                          "retrain": {**retrain, "history_retention": -1}}))
+        again = CliRunner().invoke(app, ["topics", "create", "--config", str(config), "--partitions", "2"])
+        assert again.exit_code == 0 and "less than retrain.history_retention" in again.output, again.output
+    finally:
+        delete_topics(kafka_bootstrap, [*names.values(), retrain["trigger_topic"], retrain["outcome_topic"]])
