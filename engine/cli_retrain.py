@@ -24,29 +24,21 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML engine config (see d
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    from engine.cli import _fail as fail  # imported late: engine.cli mounts this module
+
+    fail(msg)
 
 
 def _config(config: Optional[Path], registry: Optional[Path]) -> Any:
-    from engine.config import ConfigError, load_config
+    from engine.cli import _load
 
-    try:
-        return load_config(config, registry=registry)
-    except ConfigError as exc:
-        _fail(str(exc))
+    return _load(config, registry=registry)
 
 
 def _bootstrap(cfg: Any) -> str:
-    from engine.broker import BrokerNotRunning, resolve_bootstrap
+    from engine.cli import _bootstrap as bootstrap
 
-    if cfg.bootstrap_servers:
-        return str(cfg.bootstrap_servers)
-    try:
-        return resolve_bootstrap()
-    except BrokerNotRunning as exc:
-        _fail(str(exc))
-        raise  # unreachable
+    return bootstrap(cfg.bootstrap_servers)
 
 
 @retrain_app.command()
@@ -138,7 +130,7 @@ def once(
 
         load = topic_history_loader(cfg, _bootstrap(cfg), progress=typer.echo)
     try:
-        outcome = retrain(trig, load, cfg.features, reg, cfg.retrain.policy(), actor="retrain-once", log=typer.echo)
+        outcome = retrain(trig, load, cfg.features, reg, cfg.retrain.policy, actor="retrain-once", log=typer.echo)
     except (RetrainError, HistoryUnavailable, RegistryError) as exc:
         _fail(str(exc))
         return

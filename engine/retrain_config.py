@@ -1,4 +1,8 @@
-"""The ``retrain:`` section of the engine configuration (`streamscore retrain`, docs/retraining.md)."""
+"""The ``retrain:`` section of the engine configuration (`streamscore retrain`, docs/retraining.md).
+
+The YAML section is flat; the worker's own settings live on `RetrainConfig`, the procedure's on
+its `policy` (`models.retraining.RetrainPolicy`, with the gate).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ from features.spec import FeatureSpec, parse_duration
 from models.gate import PromotionGate
 from models.retraining import RetrainPolicy, min_warmup_ms
 
-DURATION_KEYS = ("history_retention", "timestamp_slack", "horizon", "warmup")
+# YAML key -> RetrainPolicy field (durations where the field name ends in _ms)
+POLICY_KEYS = {"min_rows": "min_rows", "min_positives": "min_positives", "test_fraction": "test_fraction",
+               "horizon": "horizon_ms", "promote": "promote", "seed": "seed", "gate": "gate", "warmup": "warmup_ms"}
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    """Retraining worker settings. Durations accept ``30d``, ``1h``, ... or milliseconds.
+    """Retraining worker settings (durations in ms; YAML also takes ``30d``, ``1h``, ...).
 
     Attributes:
         trigger_topic: where monitors publish `RetrainTrigger` records.
@@ -24,29 +30,19 @@ class RetrainConfig:
         group_id: the workers' consumer group; default ``<group_id>.retrain``.
         history_retention: ``retention.ms`` `streamscore topics create` gives the input topic,
             which is the history the worker trains from (-1: keep forever).
-        warmup: history replayed before a window's start: ``all`` (default, null too) reads the
-            whole retained topic, exact; a duration (>= the spec's longest window and idle TTL)
-            reads less at the cost described in `models.retraining.RetrainPolicy`.
         timestamp_slack: how much earlier than its event time a record's Kafka timestamp may be
             (the history reader seeks that much earlier; used with a warm-up duration).
-        horizon: label horizon when the champion records none.
-        min_rows / min_positives / test_fraction / promote / seed: `RetrainPolicy`.
-        gate: `PromotionGate` thresholds.
+        policy: how a trigger becomes a candidate and when it is promoted. YAML keys:
+            ``min_rows``, ``min_positives``, ``test_fraction``, ``horizon``, ``promote``, ``seed``,
+            ``gate`` (`PromotionGate`) and ``warmup`` (``all``, the default, or a duration).
     """
 
     trigger_topic: str = "retrain.triggers"
     outcome_topic: str = "retrain.outcomes"
     group_id: str | None = None
     history_retention: int = 30 * 86_400_000
-    warmup: int | None = None
     timestamp_slack: int = 3_600_000
-    horizon: int = 3_600_000
-    min_rows: int = 1_000
-    min_positives: int = 20
-    test_fraction: float = 0.2
-    promote: bool = True
-    seed: int = 0
-    gate: PromotionGate = field(default_factory=PromotionGate)
+    policy: RetrainPolicy = field(default_factory=RetrainPolicy)
 
     def __post_init__(self) -> None:
         topics = (self.trigger_topic, self.outcome_topic)
@@ -56,20 +52,12 @@ class RetrainConfig:
             raise ValueError(f"retrain.history_retention must be -1 (forever) or >= 1h, got {self.history_retention}")
         if not 0 <= self.timestamp_slack <= 30 * 86_400_000:
             raise ValueError(f"retrain.timestamp_slack must be in [0, 30d], got {self.timestamp_slack}")
-        self.policy()  # validates the policy keys
-
-    def policy(self) -> RetrainPolicy:
-        try:
-            return RetrainPolicy(min_rows=self.min_rows, min_positives=self.min_positives,
-                                 test_fraction=self.test_fraction, horizon_ms=self.horizon, promote=self.promote,
-                                 seed=self.seed, gate=self.gate, warmup_ms=self.warmup)
-        except ValueError as exc:
-            raise ValueError(f"retrain.{exc}") from None
 
     def spec_problem(self, spec: FeatureSpec) -> str | None:
         """Why these settings do not fit `spec` (a warm-up shorter than `min_warmup_ms`), or None."""
-        if self.warmup is not None and self.warmup < min_warmup_ms(spec):
-            return (f"retrain.warmup ({self.warmup} ms) must be 'all' or >= {min_warmup_ms(spec)} ms (the feature "
+        warmup = self.policy.warmup_ms
+        if warmup is not None and warmup < min_warmup_ms(spec):
+            return (f"retrain.warmup ({warmup} ms) must be 'all' or >= {min_warmup_ms(spec)} ms (the feature "
                     "spec's longest window / idle TTL)")
         return None
 
@@ -81,19 +69,26 @@ class RetrainConfig:
         """From the YAML mapping; unknown keys and bad values raise ValueError naming the key."""
         if not isinstance(raw, Mapping):
             raise ValueError(f"retrain must be a mapping, got {type(raw).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        own = {f.name for f in dataclasses.fields(cls)} - {"policy"}
+        unknown = sorted(set(raw) - own - set(POLICY_KEYS))
         if unknown:
-            raise ValueError(f"unknown retrain keys {unknown}; valid keys are {sorted(known)}")
-        kwargs = dict(raw)
+            raise ValueError(f"unknown retrain keys {unknown}; valid keys are {sorted(own | set(POLICY_KEYS))}")
         try:
-            if kwargs.get("warmup") in ("all", None):
-                kwargs["warmup"] = None
-            for key in DURATION_KEYS:
-                if kwargs.get(key) is not None and not (key == "history_retention" and kwargs[key] == -1):
+            kwargs = {k: v for k, v in raw.items() if k in own}
+            for key in ("history_retention", "timestamp_slack"):
+                if key in kwargs and kwargs[key] != -1:
                     kwargs[key] = parse_duration(kwargs[key])
-            if "gate" in kwargs and not isinstance(kwargs["gate"], PromotionGate):
-                kwargs["gate"] = PromotionGate.from_mapping(kwargs["gate"])
-        except (TypeError, ValueError) as exc:  # GateConfigError included
+            policy = {POLICY_KEYS[k]: v for k, v in raw.items() if k in POLICY_KEYS}
+            if policy.get("warmup_ms") == "all":
+                policy["warmup_ms"] = None
+            for key in ("horizon_ms", "warmup_ms"):
+                if policy.get(key) is not None:
+                    policy[key] = parse_duration(policy[key])
+            if "gate" in policy and not isinstance(policy["gate"], PromotionGate):
+                policy["gate"] = PromotionGate.from_mapping(policy["gate"])
+            return cls(**kwargs, policy=RetrainPolicy(**policy))
+        except ValueError as exc:  # GateConfigError included
+            text = str(exc)
+            raise ValueError(text if text.startswith("retrain") else f"retrain: {text}") from None
+        except TypeError as exc:
             raise ValueError(f"retrain: {exc}") from None
-        return cls(**kwargs)

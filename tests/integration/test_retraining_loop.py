@@ -29,7 +29,7 @@ from features.schema import EventSchema
 from models.gate import PromotionGate
 from models.pipeline import build_training_set
 from models.registry import Registry
-from models.retraining import min_warmup_ms
+from models.retraining import RetrainPolicy, min_warmup_ms
 from tests.integration.conftest import committed_total, read_all, running_engine, wait_for_stats
 from tests.retrain_data import (
     HORIZON_MS,
@@ -132,7 +132,7 @@ def _worker_config(tmp_path: Path, registry: Path, clicks: str, scores: str, dlq
         bootstrap_servers=bootstrap, group_id=f"g-{clicks}", input_topic=clicks, scores_topic=scores, dlq_topic=dlq,
         state_dir=tmp_path / "state", registry=registry, batch_wait_ms=20, model_poll_ms=0,
         retrain=RetrainConfig(trigger_topic=triggers, outcome_topic=outcomes,
-                              gate=PromotionGate(require_beat_baseline=False)),
+                              policy=RetrainPolicy(gate=PromotionGate(require_beat_baseline=False))),
     )
 
 

@@ -70,15 +70,16 @@ def test_the_gate_is_monotone_and_matches_its_definition(auc: float, c_auc: floa
 def test_gate_and_retrain_config_are_validated_naming_the_key() -> None:
     cfg = config_from_mapping({"retrain": {"gate": {"max_ece": 0.1, "require_beat_baseline": False},
                                            "history_retention": "60d", "warmup": "all", "min_rows": 500}})
-    assert cfg.retrain.gate == PromotionGate(max_ece=0.1, require_beat_baseline=False)
-    assert cfg.retrain.history_retention == 60 * 86_400_000 and cfg.retrain.warmup is None
-    assert cfg.retrain.policy().min_rows == 500 and cfg.retrain.consumer_group("g") == "g.retrain"
-    assert config_from_mapping({"retrain": {"history_retention": -1, "warmup": "7d"}}).retrain.warmup == 7 * 86_400_000
+    assert cfg.retrain.policy.gate == PromotionGate(max_ece=0.1, require_beat_baseline=False)
+    assert cfg.retrain.history_retention == 60 * 86_400_000 and cfg.retrain.policy.warmup_ms is None
+    assert cfg.retrain.policy.min_rows == 500 and cfg.retrain.consumer_group("g") == "g.retrain"
+    other = config_from_mapping({"retrain": {"history_retention": -1, "warmup": "7d", "horizon": "30m"}}).retrain
+    assert (other.history_retention, other.policy.warmup_ms, other.policy.horizon_ms) == (-1, 7 * 86_400_000, 1_800_000)
     for raw, words in [
         ({"retrain": {"trigger_topics": "x"}}, "unknown retrain keys ['trigger_topics']"),
         ({"retrain": {"gate": {"max_auc": 0.1}}}, "unknown gate keys ['max_auc']"),
         ({"retrain": {"gate": {"max_ece": 1.5}}}, "gate.max_ece must be a number in [0, 1]"),
-        ({"retrain": {"min_positives": 0}}, "retrain.min_positives"),
+        ({"retrain": {"min_positives": 0}}, "retrain: min_positives must be"),
         ({"retrain": {"warmup": "1d"}}, "retrain.warmup"),
         ({"retrain": {"history_retention": "10m"}}, "retrain.history_retention"),
         ({"retrain": {"trigger_topic": "t", "outcome_topic": "t"}}, "distinct"),

@@ -163,7 +163,7 @@ def test_an_empty_history_or_a_foreign_spec_is_an_error(reg: Registry, events) -
 def test_the_worker_turns_every_failure_into_an_outcome(
     reg: Registry, events, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = EngineConfig(registry=reg.root, retrain=RetrainConfig(gate=PromotionGate(require_beat_baseline=False)))
+    cfg = EngineConfig(registry=reg.root, retrain=RetrainConfig(policy=LENIENT))
     load = _loader(events)
 
     def outcome(raw: bytes | None) -> Any:

@@ -47,6 +47,11 @@ MEMORY = [i for i, name in enumerate(SPEC.names)
 WINDOWED = [i for i in range(SPEC.width) if i not in MEMORY]
 
 
+WINDOWS = {"seed": st.integers(0, 10_000), "partitions": st.integers(1, 6), "start_at": st.floats(0.35, 0.8),
+           "length": st.floats(0.05, 0.4), "late": st.sampled_from([0.0, 0.02])}
+FEW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
 def _window(events: list[dict[str, Any]], start_at: float, length: float) -> tuple[int, int]:
     ts = np.array([e["ts"] for e in events])
     lo, hi = int(ts.min()), int(ts.max())
@@ -54,9 +59,8 @@ def _window(events: list[dict[str, Any]], start_at: float, length: float) -> tup
     return start, min(hi, start + int((hi - lo) * length))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), partitions=st.integers(1, 6), start_at=st.floats(0.35, 0.8),
-       length=st.floats(0.05, 0.4), late=st.sampled_from([0.0, 0.02]))
+@FEW
+@given(**WINDOWS)
 def test_rows_do_not_depend_on_how_partitions_are_interleaved(
     seed: int, partitions: int, start_at: float, length: float, late: float
 ) -> None:
@@ -71,9 +75,8 @@ def test_rows_do_not_depend_on_how_partitions_are_interleaved(
     assert list(ts) == sorted(ts), "rows are in event-time order"
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), partitions=st.integers(1, 6), start_at=st.floats(0.35, 0.8),
-       length=st.floats(0.05, 0.4), late=st.sampled_from([0.0, 0.02]))
+@FEW
+@given(**WINDOWS)
 def test_a_minimal_warmup_keeps_window_aggregates_exact(
     seed: int, partitions: int, start_at: float, length: float, late: float
 ) -> None:
