@@ -48,12 +48,14 @@ def post_drift_window(events: list[dict[str, Any]]) -> tuple[int, int]:
     return int(ts[18_000]), int(ts.max())
 
 
-def champion_registry(root: Path, events: list[dict[str, Any]], cache: Path) -> Registry:
-    """A registry at `root` whose champion (v1) was trained on the first half of `events`
-    (trained once into `cache`, then copied)."""
+def champion_registry(root: Path, tmp_path_factory: Any, seed: int = 5) -> Registry:
+    """A registry at `root` whose champion (v1) was trained on the first half of
+    `drifted_events(seed)`: trained once per test session (into the session's base temp dir),
+    then copied."""
+    cache = Path(tmp_path_factory.getbasetemp()) / f"retrain-champion-{seed}"
     if not (cache / "purchase").exists():
         spec = clickstream_spec()
-        data = build_training_set(events[:CHAMPION_EVENTS], spec, PARTITIONS, HORIZON_MS)
+        data = build_training_set(drifted_events(seed)[:CHAMPION_EVENTS], spec, PARTITIONS, HORIZON_MS)
         train_and_register(data.X, data.y, data.ts, data.names, data.spec_hash, Registry(cache), "purchase",
                            LabelDefinition(horizon_ms=HORIZON_MS), data_end_ms=data.data_end_ms, log=None)
     shutil.copytree(cache, root)

@@ -155,8 +155,7 @@ def loop_topics(make_topic) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def champion(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    return champion_registry(tmp_path / "registry", drifted_events(),
-                             tmp_path_factory.getbasetemp() / "loop-champion")
+    return champion_registry(tmp_path / "registry", tmp_path_factory)
 
 
 def test_triggers_become_outcomes_and_the_engine_serves_the_promoted_version(

@@ -26,7 +26,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def setup(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Registry]:
-    reg = champion_registry(tmp_path / "registry", drifted_events(), tmp_path_factory.getbasetemp() / "cli-champion")
+    reg = champion_registry(tmp_path / "registry", tmp_path_factory)
     config = tmp_path / "engine.yaml"
     config.write_text(yaml.safe_dump({"registry": str(reg.root),
                                       "retrain": {"gate": {"require_beat_baseline": False}}}))

@@ -28,16 +28,9 @@ def events() -> list[dict[str, Any]]:
     return drifted_events()
 
 
-@pytest.fixture(scope="module")
-def champion_cache(tmp_path_factory: pytest.TempPathFactory, events) -> Path:  # type: ignore[no-untyped-def]
-    cache = tmp_path_factory.mktemp("champion") / "registry"
-    champion_registry(tmp_path_factory.mktemp("warm") / "registry", events, cache)
-    return cache
-
-
 @pytest.fixture
-def reg(tmp_path: Path, events, champion_cache: Path) -> Registry:  # type: ignore[no-untyped-def]
-    return champion_registry(tmp_path / "registry", events, champion_cache)
+def reg(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    return champion_registry(tmp_path / "registry", tmp_path_factory)
 
 
 def _loader(events: list[dict[str, Any]], calls: list[tuple[int, int]] | None = None):  # type: ignore[no-untyped-def]
