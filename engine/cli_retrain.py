@@ -58,6 +58,7 @@ def worker(
     trigger in progress and prints a JSON summary.
     """
     import orjson
+    from confluent_kafka import KafkaException
 
     from engine.retrain_worker import RetrainWorker, WorkerSetupError
 
@@ -71,7 +72,14 @@ def worker(
         return
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
-    stats = w.run(idle_exit_s=idle_exit, max_triggers=max_triggers)
+    try:
+        stats = w.run(idle_exit_s=idle_exit, max_triggers=max_triggers)
+    except KafkaException as exc:
+        _fail(f"Kafka failed; the trigger in progress stays uncommitted for the next worker: {exc}")
+        return
+    except RuntimeError as exc:  # an outcome the broker did not acknowledge
+        _fail(str(exc))
+        return
     typer.echo(orjson.dumps(stats.as_dict()).decode())
 
 

@@ -121,6 +121,12 @@ def _read(consumer: Consumer, topic: str, n: int, schema: EventSchema, from_ms: 
     misrouted = records = 0
     if todo:
         consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in sorted(todo)])
+
+    def done(p: int) -> None:
+        if p in todo:
+            todo.discard(p)
+            consumer.pause([TopicPartition(topic, p)])  # stop fetching what was appended since
+
     last_progress = last_message = time.monotonic()
     while todo:
         msgs = consumer.consume(2000, timeout=0.5)
@@ -135,11 +141,11 @@ def _read(consumer: Consumer, topic: str, n: int, schema: EventSchema, from_ms: 
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    todo.discard(p)
+                    done(p)
                     continue
                 raise HistoryUnavailable(f"reading {topic!r} failed: {err}")
             if p not in todo or m.offset() >= ranges[p][1]:
-                todo.discard(p)
+                done(p)
                 continue
             records += 1
             try:
@@ -154,7 +160,7 @@ def _read(consumer: Consumer, topic: str, n: int, schema: EventSchema, from_ms: 
                 misrouted += home != p
                 per_partition[p].append(event)
             if m.offset() >= ranges[p][1] - 1:
-                todo.discard(p)
+                done(p)
         if now - last_progress >= PROGRESS_EVERY_S:
             last_progress = now
             say(f"[history] {topic}: {records:,} of <= {total:,} records read")
