@@ -64,6 +64,14 @@ class RetrainConfig:
     def consumer_group(self, engine_group: str) -> str:
         return self.group_id or f"{engine_group}.retrain"
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The flat YAML form (`from_mapping` reads it back to an equal config)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"}
+        policy = {key: getattr(self.policy, name) for key, name in POLICY_KEYS.items()}
+        policy["gate"] = self.policy.gate.to_dict()
+        policy["warmup"] = "all" if policy["warmup"] is None else policy["warmup"]
+        return {**own, **policy}
+
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RetrainConfig:
         """From the YAML mapping; unknown keys and bad values raise ValueError naming the key."""

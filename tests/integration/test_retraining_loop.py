@@ -299,3 +299,18 @@ def test_topics_create_gives_the_input_topic_its_history_retention(kafka_bootstr
         assert again.exit_code == 0 and "less than retrain.history_retention" in again.output, again.output
     finally:
         delete_topics(kafka_bootstrap, [*names.values(), retrain["trigger_topic"], retrain["outcome_topic"]])
+
+
+def test_records_outside_their_entitys_partition_are_counted(kafka_bootstrap: str, make_topic) -> None:
+    from features.partitioning import kafka_partition
+
+    topic = make_topic("clicks", 2)
+    events = drifted_events(seed=9)[:400]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for e in events:  # an upstream that ignores the key when choosing the partition
+        producer.produce(topic, orjson.dumps(e), e["user_id"].encode(), partition=0)
+    assert producer.flush(30) == 0
+    history = read_topic_history(kafka_bootstrap, topic, EventSchema(), None, progress=lambda _l: None)
+    expected = sum(kafka_partition(e["user_id"], 2) == 1 for e in events)
+    assert 0 < expected < len(events)
+    assert history.source["misrouted"] == expected and len(history.events) == len(events)

@@ -75,6 +75,8 @@ def test_gate_and_retrain_config_are_validated_naming_the_key() -> None:
     assert cfg.retrain.policy.min_rows == 500 and cfg.retrain.consumer_group("g") == "g.retrain"
     other = config_from_mapping({"retrain": {"history_retention": -1, "warmup": "7d", "horizon": "30m"}}).retrain
     assert (other.history_retention, other.policy.warmup_ms, other.policy.horizon_ms) == (-1, 7 * 86_400_000, 1_800_000)
+    assert config_from_mapping({"retrain": other.to_mapping()}).retrain == other
+    assert config_from_mapping({"retrain": cfg.retrain.to_mapping()}).retrain == cfg.retrain
     for raw, words in [
         ({"retrain": {"trigger_topics": "x"}}, "unknown retrain keys ['trigger_topics']"),
         ({"retrain": {"gate": {"max_auc": 0.1}}}, "unknown gate keys ['max_auc']"),
