@@ -119,7 +119,7 @@ def once(
             if window_days is None or window_days <= 0:
                 _fail(f"--window-days must be > 0, got {window_days}")
             end_ms = parse_time_ms(end) if end is not None else int(time.time() * 1000)
-            champion = reg.aliases(cfg.model_name).get("champion") if cfg.model_name in reg.models() else None
+            champion = reg.aliases(cfg.model_name).get(cfg.model_alias) if cfg.model_name in reg.models() else None
             trig = schedule_trigger(cfg.model_name, cfg.features.hash, end_ms, int(window_days * 86_400_000),
                                     champion, source={"cli": "streamscore retrain once"})
     except (TriggerError, ValueError) as exc:
@@ -138,7 +138,8 @@ def once(
 
         load = topic_history_loader(cfg, _bootstrap(cfg), progress=typer.echo)
     try:
-        outcome = retrain(trig, load, cfg.features, reg, cfg.retrain.policy, actor="retrain-once", log=typer.echo)
+        outcome = retrain(trig, load, cfg.features, reg, cfg.retrain.policy, alias=cfg.model_alias,
+                          actor="retrain-once", log=typer.echo)
     except (RetrainError, HistoryUnavailable, RegistryError) as exc:
         _fail(str(exc))
         return

@@ -74,7 +74,8 @@ def run_trigger(raw: bytes | None, cfg: EngineConfig, registry: Registry, load_h
     except TriggerError as exc:
         return RetrainOutcome.failed(f"bad trigger record: {exc}", model=cfg.model_name)
     try:
-        return retrain(trigger, load_history, cfg.features, registry, cfg.retrain.policy, log=progress)
+        return retrain(trigger, load_history, cfg.features, registry, cfg.retrain.policy, alias=cfg.model_alias,
+                       log=progress)
     except RetrainError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure of this run is its outcome, not the worker's end

@@ -187,10 +187,13 @@ def retrain(
     registry: Registry,
     policy: RetrainPolicy | None = None,
     *,
+    alias: str = "champion",
     actor: str = DEFAULT_ACTOR,
     log: Callable[[str], None] | None = print,
 ) -> RetrainOutcome:
-    """Run `trigger` through the procedure of the module docstring and return its outcome."""
+    """Run `trigger` through the procedure of the module docstring and return its outcome.
+    `alias` is the alias the engines serve (``model_alias``): the candidate is compared with the
+    version it holds and, if the gate passes, takes it over."""
     policy = policy or RetrainPolicy()
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
@@ -204,9 +207,9 @@ def retrain(
 
     existing = version_for_key(registry, name, trigger.idempotency_key)
     if existing is not None:
-        return _resume(registry, name, existing, policy, actor, base, say, t0)
+        return _resume(registry, name, existing, policy, alias, actor, base, say, t0)
 
-    champion = _champion(registry, name)
+    champion = _champion(registry, name, alias)
     label = (LabelDefinition.from_dict(champion.manifest.training.label) if champion is not None
              else LabelDefinition(horizon_ms=policy.horizon_ms))
     warmup = policy.warmup_ms
@@ -241,25 +244,26 @@ def retrain(
     result = train_and_register(
         data.X, data.y, data.ts, data.names, data.spec_hash, registry, name, label,
         test_fraction=policy.test_fraction, data_end_ms=data.data_end_ms, seed=policy.seed, promote=False,
-        actor=actor, reason=f"retrained for trigger {trigger.trigger_id} ({trigger.reason})", log=log,
+        alias=alias, actor=actor, reason=f"retrained for trigger {trigger.trigger_id} ({trigger.reason})", log=log,
         lineage=lineage,
     )
-    outcome = _decide(registry, name, result.version, result.metrics, result.champion_before, policy, actor, base,
-                      say)
+    outcome = _decide(registry, name, result.version, result.metrics, result.champion_before, policy, alias, actor,
+                      base, say)
     outcome.rows, outcome.positives, outcome.source = rows, positives, history.source
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
 
-def _champion(registry: Registry, name: str) -> Any:
+def _champion(registry: Registry, name: str, alias: str) -> Any:
     try:
-        return registry.resolve(name, "champion")
+        return registry.resolve(name, alias)
     except (RegistryError, LookupError):
         return None
 
 
 def _decide(registry: Registry, name: str, version: int, metrics: Mapping[str, Any], champion_before: int | None,
-            policy: RetrainPolicy, actor: str, base: dict[str, Any], say: Callable[[str], None]) -> RetrainOutcome:
+            policy: RetrainPolicy, alias: str, actor: str, base: dict[str, Any],
+            say: Callable[[str], None]) -> RetrainOutcome:
     """Gate `version` on its recorded `metrics`; promote (if the champion is still
     `champion_before`) or reject it. Returns the outcome (decision and reason)."""
     gate = policy.gate.check(metrics)
@@ -269,7 +273,7 @@ def _decide(registry: Registry, name: str, version: int, metrics: Mapping[str, A
         decision, reason = "registered", gate.reason + " (promotion disabled)"
     elif gate.passed:
         try:
-            registry.promote(name, version, actor=actor, reason=gate.reason, if_current=champion_before)
+            registry.promote(name, version, alias=alias, actor=actor, reason=gate.reason, if_current=champion_before)
             decision, after = "promoted", version
         except AliasMoved as exc:
             reason = f"not promoted: the champion changed while the candidate was evaluated ({exc}); retrigger"
@@ -280,8 +284,8 @@ def _decide(registry: Registry, name: str, version: int, metrics: Mapping[str, A
                           champion_after=after, metrics=summary, **base)
 
 
-def _resume(registry: Registry, name: str, version: int, policy: RetrainPolicy, actor: str, base: dict[str, Any],
-            say: Callable[[str], None], t0: float) -> RetrainOutcome:
+def _resume(registry: Registry, name: str, version: int, policy: RetrainPolicy, alias: str, actor: str,
+            base: dict[str, Any], say: Callable[[str], None], t0: float) -> RetrainOutcome:
     """The key already produced `version`: report it, or decide it if a crash left it undecided."""
     status, why = registry.status(name, version)
     promoted = any(e.get("action") == "promote" and e.get("version") == version for e in registry.audit(name))
@@ -293,7 +297,8 @@ def _resume(registry: Registry, name: str, version: int, policy: RetrainPolicy, 
         return RetrainOutcome(decision="duplicate", reason=reason, version=version,
                               champion_before=manifest.parent_version, seconds=time.perf_counter() - t0, **base)
     say(f"[retrain] v{version} of this key was registered but not decided (interrupted run); deciding now")
-    outcome = _decide(registry, name, version, manifest.metrics, manifest.parent_version, policy, actor, base, say)
+    outcome = _decide(registry, name, version, manifest.metrics, manifest.parent_version, policy, alias, actor, base,
+                      say)
     outcome.seconds = time.perf_counter() - t0
     return outcome
 

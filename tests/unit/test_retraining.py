@@ -199,3 +199,12 @@ def test_a_warmup_duration_is_asked_for_and_must_cover_the_spec(reg: Registry, e
     with pytest.raises(RetrainError, match="shorter than the feature spec"):
         retrain(window_trigger(window, key="short"), _loader(events), SPEC, reg,
                 RetrainPolicy(warmup_ms=86_400_000), log=None)
+
+
+def test_the_served_alias_is_the_one_compared_and_taken_over(reg: Registry, events) -> None:  # type: ignore[no-untyped-def]
+    reg.promote("purchase", 1, alias="live", reason="engines serve model_alias=live")
+    out = retrain(window_trigger(post_drift_window(events)), _loader(events), SPEC, reg, LENIENT, alias="live",
+                  log=None)
+    assert out.decision == "promoted" and out.champion_before == 1
+    assert reg.aliases("purchase") == {"champion": 1, "live": out.version}
+    assert reg.resolve("purchase", out.version).manifest.metrics["champion"]["alias"] == "live"
