@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 
 from engine.cli_broker import broker_app
 from engine.cli_gen import gen_app
+from engine.cli_retrain import retrain_app
 from models.cli import model_app
 
 # Exceptions whose message tells the user what to fix: (module, class, exit code, message prefix).
@@ -88,6 +89,7 @@ app = typer.Typer(
 app.add_typer(broker_app, name="broker", help="Manage the local single-node Apache Kafka broker.")
 app.add_typer(gen_app, name="gen", help="Generate synthetic clickstreams (files or live topics).")
 app.add_typer(model_app, name="model", help="Inspect and govern the model registry.")
+app.add_typer(retrain_app, name="retrain", help="Retrain from the input topic on triggers, gate, promote.")
 topics_app = typer.Typer(help="Create the engine's topics.", no_args_is_help=True)
 features_app = typer.Typer(help="Inspect feature specs and build offline feature tables.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the effective engine configuration.", no_args_is_help=True)
@@ -172,18 +174,33 @@ def topics_create(
     config: Optional[Path] = ConfigOpt,
     partitions: int = typer.Option(4, help="Partitions of the input and scores topics."),
 ) -> None:
-    """Create the input, scores and dead-letter topics (idempotent)."""
-    from engine.topics import TopicSpec, ensure_topics
+    """Create the input, scores, dead-letter, retraining trigger and outcome topics (idempotent).
+
+    The input topic is the history the retraining worker trains from: it is created with
+    retention.ms = retrain.history_retention (default 30 days; -1 keeps it forever). An existing
+    topic is left as it is; a shorter retention on it is reported."""
+    from engine.topics import TopicError, TopicSpec, ensure_topics, topic_config
 
     cfg = _load(config)
     bootstrap = _bootstrap(cfg.bootstrap_servers)
-    ensure_topics(bootstrap, [
-        TopicSpec(cfg.input_topic, partitions),
-        TopicSpec(cfg.scores_topic, partitions),
-        TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
-    ], client=cfg.kafka)
+    rc = cfg.retrain
+    try:
+        ensure_topics(bootstrap, [
+            TopicSpec(cfg.input_topic, partitions, config={"retention.ms": str(rc.history_retention)}),
+            TopicSpec(cfg.scores_topic, partitions),
+            TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
+            TopicSpec(rc.trigger_topic, 1),
+            TopicSpec(rc.outcome_topic, 1),
+        ], client=cfg.kafka)
+        retention = int(topic_config(bootstrap, cfg.input_topic, client=cfg.kafka).get("retention.ms", "-1"))
+    except TopicError as exc:
+        _fail(str(exc))
+        return
     typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
-               f"{cfg.dlq_topic}(1)")
+               f"{cfg.dlq_topic}(1) {rc.trigger_topic}(1) {rc.outcome_topic}(1)")
+    if retention != -1 and (rc.history_retention == -1 or retention < rc.history_retention):
+        typer.secho(f"note: {cfg.input_topic} keeps {retention} ms of history, less than retrain.history_retention "
+                    f"({rc.history_retention}); retraining windows cannot reach further back", err=True)
 
 
 @config_app.command("show")

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from engine.kafka_clients import KafkaSettingConflict, check_user_settings
-
+from engine.retrain_config import RetrainConfig
 from features.clickstream import clickstream_spec
 from features.schema import EventSchema
 from features.spec import FeatureSpec
@@ -108,6 +108,7 @@ class EngineConfig:
         kafka: librdkafka settings merged into every Kafka client the engine creates
             (security.protocol, sasl.*, ssl.*, client.id, ...); the engine's own required
             settings win and a conflicting value is an error (`engine.kafka_clients`).
+        retrain: the retraining worker's section (`engine.retrain_config`, docs/retraining.md).
     """
 
     bootstrap_servers: str | None = None
@@ -137,6 +138,7 @@ class EngineConfig:
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
     kafka: Mapping[str, Any] = field(default_factory=dict, metadata={"env_keys": "dotted"})
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -160,6 +162,8 @@ class EngineConfig:
              f"canary_share must be a number in [0, 1], got {self.canary_share!r}")
         topics = (self.input_topic, self.scores_topic, self.dlq_topic)
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
+        problem = self.retrain.spec_problem(self.features)
+        need(problem is None, str(problem))
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
         unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)
@@ -242,6 +246,13 @@ def env_overrides(environ: Mapping[str, str], root: type | None = None) -> tuple
                 target.setdefault(part, {})[setting] = environ[var]
                 keys.append(setting)
                 break
+            elif _section(tp) is not None and hasattr(_section(tp), "from_mapping"):
+                # A section with its own YAML form validates its keys itself: the rest of the name is
+                # one of its keys, the value parsed as YAML (so "30d" and 0.5 arrive as in a file).
+                rest = "__".join(path[depth + 1:])
+                target.setdefault(part, {})[rest] = yaml.safe_load(environ[var])
+                keys.append(rest)
+                break
             elif _section(tp) is not None:
                 target = target.setdefault(part, {})
                 cls = _section(tp)
@@ -274,6 +285,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         for key, value in raw.items():
             if cls is EngineConfig and key == "features":
                 kwargs[key] = _feature_spec(value)
+            elif (section := _section(hints[key])) is not None and hasattr(section, "from_mapping") \
+                    and isinstance(value, Mapping):
+                kwargs[key] = section.from_mapping(value)  # a section with its own YAML form (durations, ...)
             else:
                 kwargs[key] = _coerce(value, hints[key], where + key, None)
         return cls(**kwargs)
@@ -406,6 +420,8 @@ def config_to_plain(cfg: Any) -> Any:
     """A YAML-safe form of a config (or any part of it): the shape `config_from_mapping` reads."""
     if isinstance(cfg, FeatureSpec):
         return cfg.to_dict()
+    if hasattr(cfg, "to_mapping") and not isinstance(cfg, type):  # a section with its own YAML form
+        return config_to_plain(cfg.to_mapping())
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: config_to_plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
     if isinstance(cfg, Path):

@@ -95,10 +95,10 @@ def list_models(
         if not rows:
             typer.echo("no models registered")
             return
-        typer.echo(f"{'MODEL':<16} {'VER':>4}  {'ALIASES':<20} {'KIND':<9} {'AUC':>7}  {'PARENT':>6}  "
+        typer.echo(f"{'MODEL':<16} {'VER':>4}  {'ALIASES':<20} {'STATUS':<10} {'KIND':<9} {'AUC':>7}  {'PARENT':>6}  "
                    f"{'CREATED':<24} FEATURE SPEC")
         for r in rows:
-            typer.echo(f"{r.name:<16} {r.version:>4}  {','.join(r.aliases) or '-':<20} {r.model_kind:<9} "
+            typer.echo(f"{r.name:<16} {r.version:>4}  {','.join(r.aliases) or '-':<20} {r.status:<10} {r.model_kind:<9} "
                        f"{_fmt(r.auc):>7}  {_fmt(r.parent_version):>6}  {r.created_at:<24} {r.feature_spec}")
 
 
@@ -119,14 +119,16 @@ def show(
             typer.echo(f"model {name}")
             typer.echo("aliases: " + (", ".join(f"{a} -> v{v}" for a, v in sorted(info["aliases"].items())) or "none"))
             for v in info["versions"]:
+                rejected = f"  REJECTED: {v['status_reason']}" if v["status"] == "rejected" else ""
                 typer.echo(f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<20} AUC {_fmt(v['auc'])}  "
-                           f"{v['created_at']}  {v['feature_spec']}")
+                           f"{v['created_at']}  {v['feature_spec']}{rejected}")
             return
         m = info["manifest"]
         tr = m["training"]
         test = m["metrics"].get("test") or {}
         base = (m["metrics"].get("baseline") or {}).get("test") or {}
         typer.echo(f"{m['name']} v{m['version']}  ({m['model_kind']})  aliases: {', '.join(info['aliases']) or '-'}")
+        typer.echo(f"status        {info['status']}" + (f": {info['status_reason']}" if info["status_reason"] else ""))
         typer.echo(f"path          {info['path']}")
         typer.echo(f"sha256        {m['sha256']}")
         typer.echo(f"created       {m['created_at']}   parent v{_fmt(m['parent_version'])}")
@@ -141,6 +143,8 @@ def show(
                 typer.echo(f"{label:<13} n={mm.get('n')} base rate {_fmt(mm.get('base_rate'))}  AUC {_fmt(mm.get('auc'))}"
                            f"  log loss {_fmt(mm.get('log_loss'))}  Brier {_fmt(mm.get('brier'))}  ECE {_fmt(mm.get('ece'))}")
         typer.echo(f"params        {m['params']}")
+        if m.get("lineage"):
+            typer.echo(f"lineage       {m['lineage']}")
 
 
 @model_app.command()
@@ -185,15 +189,21 @@ def promote(
     actor: Optional[str] = ActorOpt,
     registry: Optional[Path] = RegistryOpt,
 ) -> None:
-    """Point ALIAS (default champion) at VERSION; running engines pick it up on their next load."""
+    """Point ALIAS (default champion) at VERSION; running engines pick it up on their next load.
+
+    A version the retraining gate rejected can be promoted this way (the only way); the audit log
+    records the promotion like any other."""
     with _errors():
         reg = _registry(registry)
         before = reg.aliases(name).get(alias)
         if before == version:
             typer.echo(f"{name} {alias} is already v{version}; nothing changed")
             return
-        reg.promote(name, version, alias=alias, actor=actor, reason=reason)
+        status, why = reg.status(name, version)
+        reg.promote(name, version, alias=alias, actor=actor, reason=reason, allow_rejected=True)
         typer.echo(_moved(name, alias, before, version))
+        if status == "rejected":
+            typer.echo(f"note: v{version} had been rejected ({why}); promoted explicitly")
 
 
 @model_app.command()

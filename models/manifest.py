@@ -59,7 +59,12 @@ class TrainingInfo:
 
 @dataclass
 class Manifest:
-    """Everything needed to serve, audit and compare one model version. JSON via `to_json`."""
+    """Everything needed to serve, audit and compare one model version. JSON via `to_json`.
+
+    ``lineage`` says where a retrained version came from (``models.retraining``): parent version,
+    trigger id, idempotency key, trigger reason, data window, feature-spec hash, history source.
+    Empty for versions trained by hand; manifests written before it existed read as empty.
+    """
 
     name: str
     feature_spec: str
@@ -75,6 +80,7 @@ class Manifest:
     output: dict[str, Any] = field(default_factory=lambda: dict(OUTPUT_CONTRACT))
     created_at: str = field(default_factory=lambda: utc_now_iso())
     parent_version: int | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

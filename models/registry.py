@@ -21,6 +21,11 @@ Guarantees:
 - Aliases (``champion``, ``challenger``, ``canary``, or any name matching ``[A-Za-z][\\w-]*``)
   keep a stack of the versions they held: ``promote`` pushes, ``demote`` pushes "nothing",
   ``rollback`` pops back to the previous entry.
+- A version can be marked **rejected** (``reject``: a retraining candidate that failed the
+  promotion gate). The mark is an audit line, so it is as durable and append-only as the rest of
+  the history; ``list``/``show`` report it as the version's status. ``promote`` refuses a rejected
+  version unless the caller passes ``allow_rejected=True`` (an operator's explicit ``streamscore
+  model promote``, recorded like every promotion); the retraining worker never does.
 
 ``fcntl`` locks work on local filesystems and on NFSv4; put the root on storage that honours them.
 Model names and aliases are restricted to ``[A-Za-z0-9][A-Za-z0-9_.-]*`` so they are safe paths.
@@ -50,7 +55,8 @@ from models.manifest import Manifest, ManifestError, embed, sha256_hex
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-ACTIONS = ("register", "promote", "rollback", "demote")
+ACTIONS = ("register", "promote", "rollback", "demote", "reject")
+REGISTERED, REJECTED = "registered", "rejected"  # version status
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 _VERSION = re.compile(r"^[vV]?(\d+)$")
@@ -86,6 +92,17 @@ class InvalidModel(RegistryError, ValueError):
     """The bytes or manifest offered to `register` do not form a servable model."""
 
 
+class RejectedVersion(RegistryError):
+    """The version was rejected (e.g. by the retraining gate); promote it only explicitly."""
+
+
+class AliasMoved(RegistryError):
+    """A conditional promote found the alias holding another version than the caller expected."""
+
+
+_ANY = object()  # `promote(if_current=...)` default: no condition
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved registry version: its directory (holding model.onnx + manifest.json)."""
@@ -116,6 +133,8 @@ class VersionInfo:
     feature_spec: str
     auc: float | None
     parent_version: int | None
+    status: str = REGISTERED
+    status_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -267,6 +286,20 @@ class Registry:
                 continue
         return out
 
+    def rejections(self, name: str) -> dict[int, dict[str, Any]]:
+        """version -> the audit entry that rejected it (the first), for every rejected version."""
+        out: dict[int, dict[str, Any]] = {}
+        for entry in self.audit(name):
+            if entry.get("action") == "reject" and isinstance(entry.get("version"), int):
+                out.setdefault(entry["version"], entry)
+        return out
+
+    def status(self, name: str, version: int) -> tuple[str, str | None]:
+        """(``"registered"`` or ``"rejected"``, the rejection reason or None) of a version."""
+        self._require_version(self._existing_model_dir(name), name, int(version))
+        entry = self.rejections(name).get(int(version))
+        return (REJECTED, entry.get("reason")) if entry else (REGISTERED, None)
+
     def _read_aliases(self, mdir: Path) -> _Aliases:
         path = mdir / "aliases.json"
         if not path.exists():
@@ -374,13 +407,48 @@ class Registry:
             return previous, new
 
     def promote(self, name: str, version: int, alias: str = "champion", actor: str | None = None,
-                reason: str = "") -> int | None:
+                reason: str = "", *, allow_rejected: bool = False, if_current: Any = _ANY) -> int | None:
         """Point `alias` at `version`; return the version it held before (None if none).
-        Promoting the version the alias already holds is a no-op (not audited)."""
+        Promoting the version the alias already holds is a no-op (not audited).
+
+        A rejected version (`reject`) raises `RejectedVersion` unless `allow_rejected`.
+        `if_current` (a version or None): promote only if the alias holds exactly that now,
+        checked under the lock (compare-and-set), else `AliasMoved`.
+        """
         version = int(version)
         self._require_version(self._existing_model_dir(name), name, version)
-        previous, _ = self._set_alias(name, alias, "promote", actor, reason, lambda s, a: (version, True))
+        if not allow_rejected:
+            rejected = self.rejections(name).get(version)
+            if rejected is not None:
+                raise RejectedVersion(f"{name} v{version} was rejected ({rejected.get('reason')}); promote it "
+                                      "explicitly with `streamscore model promote` if intended")
+
+        def choose(state: _Aliases, a: str) -> tuple[int | None, bool]:
+            held = state.current.get(a)
+            if if_current is not _ANY and held != if_current:
+                raise AliasMoved(f"{name} {a} holds {'v' + str(held) if held is not None else 'nothing'}, "
+                                 f"not {'v' + str(if_current) if if_current is not None else 'nothing'} as expected")
+            return version, True
+
+        previous, _ = self._set_alias(name, alias, "promote", actor, reason, choose)
         return previous
+
+    def reject(self, name: str, version: int, reason: str, actor: str | None = None) -> None:
+        """Mark `version` rejected with `reason` (one audit line; idempotent). It stays stored and
+        inspectable; `promote` then needs ``allow_rejected=True``. A version an alias holds now
+        cannot be rejected (demote or roll back first)."""
+        version = int(version)
+        if not reason:
+            raise ValueError("a rejection needs a reason")
+        mdir = self._existing_model_dir(name)
+        self._require_version(mdir, name, version)
+        with self._locked(name) as mdir:
+            held = sorted(a for a, v in self._read_aliases(mdir).current.items() if v == version)
+            if held:
+                raise RegistryError(f"{name} v{version} is held by {held}; it cannot be rejected")
+            if version in self.rejections(name):
+                return
+            self._append_audit(mdir, "reject", name, version, None, None, actor, reason, self._clock())
 
     def demote(self, name: str, alias: str = "champion", actor: str | None = None, reason: str = "") -> int:
         """Remove `alias` (it then resolves to nothing); return the version it held.
@@ -441,6 +509,7 @@ class Registry:
         out: list[VersionInfo] = []
         for model in [name] if name is not None else self.models():
             current = self.aliases(model)
+            rejected = self.rejections(model)
             for version in self.versions(model):
                 m = self.resolve(model, version).manifest
                 test = m.metrics.get("test") or {}
@@ -448,6 +517,8 @@ class Registry:
                     name=model, version=version, aliases=sorted(a for a, v in current.items() if v == version),
                     created_at=m.created_at, model_kind=m.model_kind, feature_spec=m.feature_spec,
                     auc=test.get("auc"), parent_version=m.parent_version,
+                    status=REJECTED if version in rejected else REGISTERED,
+                    status_reason=rejected[version].get("reason") if version in rejected else None,
                 ))
         return out
 
@@ -458,8 +529,9 @@ class Registry:
             return {"name": name, "aliases": self.aliases(name), "versions": [v.to_dict() for v in self.list(name)]}
         ref = self.resolve(name, alias_or_version)
         current = self.aliases(name)
+        status, status_reason = self.status(name, ref.version)
         return {"path": str(ref.path), "aliases": sorted(a for a, v in current.items() if v == ref.version),
-                "manifest": ref.manifest.to_dict()}
+                "status": status, "status_reason": status_reason, "manifest": ref.manifest.to_dict()}
 
     def diff(self, name: str, v1: str | int, v2: str | int) -> dict[str, Any]:
         """What differs between two versions: test metrics (with deltas), feature spec and

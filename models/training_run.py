@@ -141,6 +141,7 @@ def train_and_register(
     parity_rows: int = 2_000,
     candidates: Sequence[str] = KINDS,
     log: Callable[[str], None] | None = print,
+    lineage: Mapping[str, Any] | None = None,
 ) -> TrainingRunResult:
     """Run the whole training procedure (module docstring) and return the registered version.
 
@@ -156,6 +157,8 @@ def train_and_register(
         promote: promote to `alias` if better (see module docstring).
         candidates: model kinds eligible to be registered (``("lightgbm",)`` forces LightGBM).
         log: progress line sink (None for silence).
+        lineage: recorded as the manifest's ``lineage`` (e.g. the retraining trigger; see
+            `models.retraining`); ``parent_version`` is filled in with the champion's version.
     """
     say = log or (lambda _line: None)
     timings: dict[str, float] = {}
@@ -244,6 +247,8 @@ def train_and_register(
                                                             "test_fraction": test_fraction}),
         params={**model.params, "seed": seed}, metrics=metrics, profile=profile,
         parent_version=champion_ref.version if champion_ref is not None else None,
+        lineage=({**lineage, "parent_version": champion_ref.version if champion_ref is not None else None}
+                 if lineage is not None else {}),
     )
     version = reg.register(name, onnx_bytes, manifest, actor=actor,
                            reason=reason or f"training run on {len(y):,} rows ({feature_spec})")

@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from engine.config import EngineConfig, RocksDBConfig
+from engine.retrain_config import RetrainConfig
 from engine.records import headers_dict
 from features.schema import EventSchema
 from features.spec import FeatureSpec
@@ -49,6 +50,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, FeatureSpec):
         return value.to_dict()
+    if isinstance(value, RetrainConfig):
+        return value.to_mapping()
     if isinstance(value, (RocksDBConfig, EventSchema)):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):

@@ -84,3 +84,19 @@ def test_registry_root_from_environment(tmp_path: Path, export_dir: Path, monkey
     monkeypatch.setenv("STREAMSCORE_REGISTRY", str(tmp_path / "envreg"))
     run("register", str(export_dir), "--reason", "env")
     assert Registry(tmp_path / "envreg").versions("purchase") == [1]
+
+
+def test_a_rejected_version_shows_its_status_and_can_be_promoted_explicitly(tmp_path: Path, export_dir: Path) -> None:
+    reg = ["--registry", str(tmp_path)]
+    run("register", str(export_dir), "--reason", "first", *reg)
+    run("register", str(export_dir), "--reason", "candidate", *reg)
+    run("promote", "purchase", "1", "--reason", "go", *reg)
+    Registry(tmp_path).reject("purchase", 2, "gate failed: ECE 0.09 > 0.05", actor="retrain-worker")
+    listing = run("list", *reg)
+    assert [line.split()[3] for line in listing.splitlines()[1:]] == ["registered", "rejected"]
+    assert "REJECTED: gate failed: ECE 0.09 > 0.05" in run("show", "purchase", *reg)
+    assert "status        rejected: gate failed" in run("show", "purchase", "2", *reg)
+    assert orjson.loads(run("list", "--json", *reg))[1]["status"] == "rejected"
+    out = run("promote", "purchase", "2", "--reason", "operator override", *reg)
+    assert "champion: v1 -> v2" in out and "had been rejected" in out
+    assert "reject" in run("audit", "purchase", *reg)

@@ -301,3 +301,45 @@ def test_parse_time_ms() -> None:
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_time_ms("yesterday")
     assert np.int64(parse_time_ms(5)) == 5
+
+
+def test_reject_marks_a_version_that_only_an_explicit_promote_can_serve(tmp_path: Path, model) -> None:  # type: ignore[no-untyped-def]
+    from models.registry import REGISTERED, REJECTED, AliasMoved, RegistryError, RejectedVersion
+
+    data, names = model
+    reg = Registry(tmp_path)
+    v1 = reg.register("purchase", data, make_manifest(names), reason="first")
+    v2 = reg.register("purchase", data, make_manifest(names), reason="candidate")
+    reg.promote("purchase", v1, reason="go")
+    assert reg.status("purchase", v2) == (REGISTERED, None)
+    reg.reject("purchase", v2, "gate failed: AUC 0.70 < champion v1 0.80 - 0.005", actor="retrain-worker")
+    reg.reject("purchase", v2, "again")  # idempotent: the first reason stays, one audit line
+    assert reg.status("purchase", v2) == (REJECTED, "gate failed: AUC 0.70 < champion v1 0.80 - 0.005")
+    rejects = [e for e in reg.audit("purchase") if e["action"] == "reject"]
+    assert [(e["version"], e["actor"]) for e in rejects] == [(v2, "retrain-worker")]
+    rows = {r.version: r for r in reg.list("purchase")}
+    assert (rows[v1].status, rows[v2].status) == (REGISTERED, REJECTED)
+    assert reg.show("purchase", v2)["status"] == REJECTED
+    with pytest.raises(RejectedVersion, match="rejected"):
+        reg.promote("purchase", v2, reason="worker")
+    with pytest.raises(RegistryError, match="held by"):
+        reg.reject("purchase", v1, "the champion cannot be rejected")
+    with pytest.raises(ValueError, match="reason"):
+        reg.reject("purchase", v1, "")
+    assert reg.resolve("purchase", "champion").version == v1
+    with pytest.raises(AliasMoved):
+        reg.promote("purchase", v2, reason="cas", allow_rejected=True, if_current=None)
+    assert reg.promote("purchase", v2, reason="a human overrides", allow_rejected=True, if_current=v1) == v1
+    assert reg.resolve("purchase", "champion").version == v2
+    assert reg.status("purchase", v2)[0] == REJECTED, "the record of the rejection stays"
+
+
+def test_manifests_without_lineage_still_read(tmp_path: Path, model) -> None:  # type: ignore[no-untyped-def]
+    data, names = model
+    reg = Registry(tmp_path)
+    v = reg.register("purchase", data, make_manifest(names, lineage={"trigger_id": "t1", "parent_version": None}),
+                     reason="x")
+    assert reg.resolve("purchase", v).manifest.lineage == {"trigger_id": "t1", "parent_version": None}
+    old = orjson.loads(make_manifest(names).to_json())
+    del old["lineage"]
+    assert Manifest.from_dict(old).lineage == {}
