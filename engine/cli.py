@@ -106,6 +106,12 @@ def _root(ctx: typer.Context, debug: bool = typer.Option(
     ctx.meta[DEBUG] = debug
 
 
+def _fail(msg: str, code: int = 2) -> None:
+    """End a command on a usage error found by the command itself: one line, exit `code`."""
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
 def _bootstrap(cfg_bootstrap: Optional[str]) -> str:
     from engine.broker import resolve_bootstrap
 

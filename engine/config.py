@@ -27,6 +27,7 @@ variable that names no key is an error, except the runtime ones in `NON_CONFIG_E
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -246,7 +247,7 @@ def env_overrides(environ: Mapping[str, str], root: type | None = None) -> tuple
                 target.setdefault(part, {})[setting] = environ[var]
                 keys.append(setting)
                 break
-            elif _section(tp) is not None and hasattr(_section(tp), "from_mapping"):
+            elif _own_yaml_form(_section(tp)):
                 # A section with its own YAML form validates its keys itself: the rest of the name is
                 # one of its keys, the value parsed as YAML (so "30d" and 0.5 arrive as in a file).
                 rest = "__".join(path[depth + 1:])
@@ -285,9 +286,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         for key, value in raw.items():
             if cls is EngineConfig and key == "features":
                 kwargs[key] = _feature_spec(value)
-            elif (section := _section(hints[key])) is not None and hasattr(section, "from_mapping") \
-                    and isinstance(value, Mapping):
-                kwargs[key] = section.from_mapping(value)  # a section with its own YAML form (durations, ...)
+            elif _own_yaml_form(_section(hints[key])) and isinstance(value, Mapping):
+                kwargs[key] = _section(hints[key]).from_mapping(value)  # type: ignore[union-attr]  # a section with its own YAML form (durations, ...)
             else:
                 kwargs[key] = _coerce(value, hints[key], where + key, None)
         return cls(**kwargs)
@@ -311,6 +311,12 @@ def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _own_yaml_form(section: type | None) -> bool:
+    """A config section that reads its own YAML form: a ``from_mapping`` *classmethod* (durations
+    like ``30d``, nested keys that are not fields); it validates its keys itself."""
+    return section is not None and inspect.ismethod(getattr(section, "from_mapping", None))
 
 
 def _section(tp: Any) -> type | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.generator import ClickstreamGenerator, Drift, GeneratorConfig
+from features.synthetic import ClickstreamGenerator, Drift, GeneratorConfig
 from features.clickstream import clickstream_spec
 from models.labels import LabelDefinition
 from models.pipeline import build_training_set

@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 import models.retraining as retraining
-from benchmarks.loadgen import write_jsonl
+from engine.loadgen import write_jsonl
 from engine.cli import app
 from engine.config import EngineConfig
 from engine.history import HistoryUnavailable, read_topic_history

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from benchmarks.loadgen import write_jsonl
+from engine.loadgen import write_jsonl
 from engine.cli import app
 from models.registry import Registry
 from tests.retrain_data import champion_registry, drifted_events, post_drift_window, window_trigger

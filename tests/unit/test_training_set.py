@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.generator import ClickstreamGenerator, Drift, GeneratorConfig
+from features.synthetic import ClickstreamGenerator, Drift, GeneratorConfig
 from features.clickstream import clickstream_spec
 from features.partitioning import kafka_partition
 from features.spec import Recency, SessionDepth
