@@ -103,7 +103,7 @@ def topics_create(
     config: Optional[Path] = ConfigOpt,
     partitions: int = typer.Option(4, help="Partitions of the input and scores topics."),
 ) -> None:
-    """Create the input, scores and dead-letter topics (idempotent)."""
+    """Create the input, scores, dead-letter and retraining-trigger topics (idempotent)."""
     from engine.topics import TopicSpec, ensure_topics
 
     cfg = _load(config)
@@ -112,9 +112,10 @@ def topics_create(
         TopicSpec(cfg.input_topic, partitions),
         TopicSpec(cfg.scores_topic, partitions),
         TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
+        TopicSpec(cfg.monitor.trigger_topic, 1),
     ])
     typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
-               f"{cfg.dlq_topic}(1)")
+               f"{cfg.dlq_topic}(1) {cfg.monitor.trigger_topic}(1)")
 
 
 @features_app.command("show")

@@ -51,6 +51,99 @@ class RocksDBConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Drift and performance monitors and retraining triggers (docs/monitoring.md).
+
+    Windows are per input partition. Event times and durations are milliseconds of event time.
+
+    Attributes:
+        enabled: run the monitors (on by default).
+        trigger_topic: where retraining triggers are published (in the batch's transaction).
+        window_events: a window closes after this many champion-scored events (count window) ...
+        window_ms: ... or once the partition's event time passed its first event + this (time
+            window), whichever comes first.
+        min_window_events: windows smaller than this are not evaluated (minimum sample size).
+        warmup_events: events after a (re)start of the reference that are counted into no window.
+        alpha: family-wise false-alarm probability per window over all monitored columns
+            (Bonferroni: each column at alpha / m).
+        psi_floor: smallest PSI that counts as drift whatever the calibrated threshold says.
+        calibration_draws: resampled null pairs per calibration (cached per window size).
+        confirm_windows: consecutive windows (label windows for performance) a signal must
+            persist before a trigger; the first one is a warning.
+        cooldown_ms: event time after a trigger during which the same reason does not trigger
+            again on this partition.
+        score_chunk: the score detector (ADWIN) is fed means of this many consecutive scores.
+        adwin_delta: ADWIN confidence parameter (score and calibration-residual detectors).
+        score_shift_floor: smallest relative change of the mean score for an ADWIN detection
+            to count as a prediction-drift signal.
+        label_sample: share of entities (stable hash) whose outcomes are joined to scores.
+        label_max_pending: most unresolved scored events kept per sampled entity (oldest dropped).
+        label_window: resolved labels per performance evaluation (AUC, log loss, ECE).
+        auc_drop: performance signal when the window's AUC is below the manifest's holdout AUC
+            by more than this ...
+        ece_rise: ... or its ECE above the holdout ECE by more than this.
+        schedule_ms: time-based fallback: trigger (reason "schedule") when this much event time
+            passed since the reference started or the last trigger; 0 = off.
+        volume_events: volume-based fallback: trigger (reason "volume") after this many events
+            on the partition since the reference started or the last trigger; 0 = off.
+        training_window_ms: a trigger suggests training on this much event time before the
+            current window's end.
+        key_bucket_ms: the event-time bucket of the idempotency key (model, version, reason,
+            bucket): triggers of one model, reason and bucket are one retraining.
+    """
+
+    enabled: bool = True
+    trigger_topic: str = "retrain.triggers"
+    window_events: int = 20_000
+    window_ms: int = 3_600_000
+    min_window_events: int = 1_000
+    warmup_events: int = 5_000
+    alpha: float = 0.01
+    psi_floor: float = 0.1
+    calibration_draws: int = 1_000
+    confirm_windows: int = 2
+    cooldown_ms: int = 21_600_000
+    score_chunk: int = 32
+    adwin_delta: float = 0.002
+    score_shift_floor: float = 0.25
+    label_sample: float = 0.1
+    label_max_pending: int = 32
+    label_window: int = 1_000
+    auc_drop: float = 0.05
+    ece_rise: float = 0.05
+    schedule_ms: int = 0
+    volume_events: int = 0
+    training_window_ms: int = 7 * 86_400_000
+    key_bucket_ms: int = 3_600_000
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, what: str) -> None:
+            if not cond:
+                raise ConfigError(f"monitor.{key} {what}, got {getattr(self, key)!r}")
+
+        def is_int(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        need(isinstance(self.enabled, bool), "enabled", "must be true or false")
+        need(isinstance(self.trigger_topic, str) and bool(self.trigger_topic.strip()), "trigger_topic",
+             "must be a topic name")
+        for key, lo in (("window_events", 1), ("window_ms", 1), ("min_window_events", 1), ("warmup_events", 0),
+                        ("calibration_draws", 50), ("confirm_windows", 1), ("cooldown_ms", 0), ("score_chunk", 1),
+                        ("label_max_pending", 1), ("label_window", 10), ("schedule_ms", 0), ("volume_events", 0),
+                        ("training_window_ms", 1), ("key_bucket_ms", 1)):
+            need(is_int(getattr(self, key)) and getattr(self, key) >= lo, key, f"must be an integer >= {lo}")
+        need(self.min_window_events <= self.window_events, "min_window_events", "must be <= window_events")
+        for key in ("alpha", "adwin_delta"):
+            need(is_num(getattr(self, key)) and 0.0 < getattr(self, key) < 1.0, key, "must be a number in (0, 1)")
+        need(is_num(self.label_sample) and 0.0 <= self.label_sample <= 1.0, "label_sample", "must be in [0, 1]")
+        for key in ("psi_floor", "score_shift_floor", "auc_drop", "ece_rise"):
+            need(is_num(getattr(self, key)) and getattr(self, key) >= 0.0, key, "must be a number >= 0")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -83,6 +176,7 @@ class EngineConfig:
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
             expiry besides the ones it touches, one per message of the batch (an incremental
             sweep in key order that deletes entities gone idle; docs/features.md). 0 disables it.
+        monitor: drift/performance monitors and retraining triggers (`MonitorConfig`).
     """
 
     bootstrap_servers: str | None = None
@@ -111,6 +205,7 @@ class EngineConfig:
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -134,6 +229,8 @@ class EngineConfig:
              f"canary_share must be a number in [0, 1], got {self.canary_share!r}")
         topics = (self.input_topic, self.scores_topic, self.dlq_topic)
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
+        need(self.monitor.trigger_topic not in topics,
+             f"monitor.trigger_topic must differ from the input, scores and dlq topics, got {self.monitor.trigger_topic!r}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
 
@@ -181,6 +278,8 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
                     kwargs[key] = FeatureSpec.from_dict(value)
             elif key == "rocksdb":
                 kwargs[key] = value if isinstance(value, RocksDBConfig) else RocksDBConfig(**value)
+            elif key == "monitor":
+                kwargs[key] = value if isinstance(value, MonitorConfig) else _monitor_config(value)
             else:
                 kwargs[key] = value
     except ConfigError:
@@ -188,3 +287,14 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
     except (TypeError, ValueError, OSError) as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     return EngineConfig(**kwargs)
+
+
+def _monitor_config(raw: Any) -> MonitorConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"monitor must be a mapping of monitor settings, got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(MonitorConfig)}
+    unknown = set(raw) - fields
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted('monitor.' + k for k in unknown)}; valid monitor keys are "
+                          f"{sorted(fields)}")
+    return MonitorConfig(**raw)
