@@ -62,6 +62,7 @@ MONITOR_KEY = "\x00monitor"
 STATE_MAGIC = b"SSMON1\n"
 MAX_EVIDENCE = 10  # columns listed per drift trigger (decisive first)
 SWITCHES_KEPT = 5
+RECENT_CHUNKS = 8  # an ADWIN detection's size: mean of these last chunk means vs the mean before
 
 
 @dataclass
@@ -121,6 +122,7 @@ class PartitionMonitor:
     windows: int = 0
     score_adwin: Any = None
     chunk: list[float] = field(default_factory=list)
+    recent: list[float] = field(default_factory=list)  # the last RECENT_CHUNKS chunk means
     score_hits: list[dict[str, Any]] = field(default_factory=list)
     perf_ts: list[int] = field(default_factory=list)
     perf_scores: list[float] = field(default_factory=list)
@@ -346,13 +348,19 @@ class DriftMonitor:
         if not full:
             return
         if pm.score_adwin is None:
-            pm.score_adwin = ADWIN(delta=self.cfg.adwin_delta)
+            pm.score_adwin = ADWIN(delta=self.cfg.adwin_delta, clock=1)  # chunk means are few: test each
         adwin = pm.score_adwin
+        recent = pm.recent
         for mean in s[:full * k].reshape(full, k).mean(axis=1).tolist():
             before = adwin.estimation
             adwin.update(mean)
+            recent.append(mean)
+            if len(recent) > RECENT_CHUNKS:
+                del recent[0]
             if adwin.drift_detected:
-                after = adwin.estimation
+                # ADWIN's own estimate after the cut still holds much of the old window; the size
+                # of the change is judged on the last few chunks.
+                after = sum(recent) / len(recent)
                 rel = abs(after - before) / max(abs(before), 1e-9)
                 pm.score_hits.append({"at_event": pm.seen, "mean_before": before, "mean_after": after,
                                       "relative_change": rel})
