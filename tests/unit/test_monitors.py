@@ -87,7 +87,7 @@ def test_stable_stream_raises_no_signal_and_a_price_shift_triggers_feature_drift
     assert stable.pm.windows == 10
 
     shifted = X.copy()
-    shifted[:, 2] *= 1.6
+    shifted[:, 2] *= 2.5
     drifting = Partition(_watching(label_sample=0.0))
     drifting.feed(shifted[:6_000], _scores(X[:6_000]), _events(6_000, 2))
     reasons = [t.reason for t in drifting.triggers]
@@ -114,7 +114,7 @@ def test_score_jump_is_prediction_drift_by_psi_and_adwin() -> None:
 
 def test_state_round_trip_mid_window_continues_instead_of_restarting() -> None:
     X, _, _, _ = synthetic_dataset(n=6_000, seed=13)
-    X[:, 2] *= 1.6
+    X[:, 2] *= 2.5
     scores, events = _scores(X), _events(6_000, 4, purchase_rate=0.05)
     whole = Partition(_watching())
     whole.feed(X, scores, events)
