@@ -61,8 +61,8 @@ class MonitorConfig:
         trigger_topic: where retraining triggers are published (in the batch's transaction).
         window_events: a window closes after this many champion-scored events (count window) ...
         window_ms: ... or once the partition's event time passed its first event + this (time
-            window), whichever comes first.
-        min_window_events: windows smaller than this are not evaluated (minimum sample size).
+            window) and it holds at least `min_window_events` rows, whichever comes first.
+        min_window_events: the minimum sample size of an evaluated window.
         warmup_events: events after a (re)start of the reference that are counted into no window.
         alpha: family-wise false-alarm probability per window over all monitored columns
             (Bonferroni: each column at alpha / m).
@@ -75,13 +75,16 @@ class MonitorConfig:
         score_chunk: the score detector (ADWIN) is fed means of this many consecutive scores.
         adwin_delta: ADWIN confidence parameter (score and calibration-residual detectors).
         score_shift_floor: smallest relative change of the mean score for an ADWIN detection
-            to count as a prediction-drift signal.
+            to count, and of a window's mean score vs the reference's to confirm it.
         label_sample: share of entities (stable hash) whose outcomes are joined to scores.
         label_max_pending: most unresolved scored events kept per sampled entity (oldest dropped).
         label_window: resolved labels per performance evaluation (AUC, log loss, ECE).
         auc_drop: performance signal when the window's AUC is below the manifest's holdout AUC
             by more than this ...
-        ece_rise: ... or its ECE above the holdout ECE by more than this.
+        ece_rise: ... or its ECE above the holdout ECE by more than this ...
+        calibration_shift: ... or its calibration in the large, |positive rate - mean score|,
+            above the holdout's by more than this (also the smallest change of the residual
+            y - p an ADWIN detection must show).
         schedule_ms: time-based fallback: trigger (reason "schedule") when this much event time
             passed since the reference started or the last trigger; 0 = off.
         volume_events: volume-based fallback: trigger (reason "volume") after this many events
@@ -96,7 +99,7 @@ class MonitorConfig:
     trigger_topic: str = "retrain.triggers"
     window_events: int = 20_000
     window_ms: int = 3_600_000
-    min_window_events: int = 1_000
+    min_window_events: int = 5_000
     warmup_events: int = 5_000
     alpha: float = 0.01
     psi_floor: float = 0.25
@@ -108,9 +111,10 @@ class MonitorConfig:
     score_shift_floor: float = 0.25
     label_sample: float = 0.1
     label_max_pending: int = 32
-    label_window: int = 1_000
+    label_window: int = 2_000
     auc_drop: float = 0.05
     ece_rise: float = 0.05
+    calibration_shift: float = 0.03
     schedule_ms: int = 0
     volume_events: int = 0
     training_window_ms: int = 7 * 86_400_000
@@ -139,7 +143,7 @@ class MonitorConfig:
         for key in ("alpha", "adwin_delta"):
             need(is_num(getattr(self, key)) and 0.0 < getattr(self, key) < 1.0, key, "must be a number in (0, 1)")
         need(is_num(self.label_sample) and 0.0 <= self.label_sample <= 1.0, "label_sample", "must be in [0, 1]")
-        for key in ("psi_floor", "score_shift_floor", "auc_drop", "ece_rise"):
+        for key in ("psi_floor", "score_shift_floor", "auc_drop", "ece_rise", "calibration_shift"):
             need(is_num(getattr(self, key)) and getattr(self, key) >= 0.0, key, "must be a number >= 0")
 
 

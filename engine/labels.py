@@ -138,10 +138,11 @@ class LabelJoin:
             return {}
         h = self.horizon_ms
         live: dict[str, _Record] = {}
-        score_list = scores.tolist()
-        for i, entity in enumerate(entities):
-            if not self.tracked(entity):
-                continue
+        tracked = {e for e in set(entities) if self.tracked(e)}
+        if not tracked:
+            return {}
+        for i in [i for i, e in enumerate(entities) if e in tracked]:
+            entity = entities[i]
             rec = live.get(entity)
             if rec is None:
                 rec = live[entity] = _Record.decode(stored.get(label_key(entity)), self.version)
@@ -157,7 +158,7 @@ class LabelJoin:
                         keep.append(p)
                 rec.pending = keep
                 rec.purchases.append(t)
-            s = score_list[i]
+            s = float(scores[i])
             if not math.isnan(s):
                 if any(t < b <= t + h for b in rec.purchases):
                     out.ts.append(t)

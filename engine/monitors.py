@@ -63,6 +63,43 @@ STATE_MAGIC = b"SSMON1\n"
 MAX_EVIDENCE = 10  # columns listed per drift trigger (decisive first)
 SWITCHES_KEPT = 5
 RECENT_CHUNKS = 8  # an ADWIN detection's size: mean of these last chunk means vs the mean before
+RESIDUAL_CHUNK = 50  # calibration residuals y - p per ADWIN input (a single 0/1 outcome is too noisy)
+
+
+class ChunkedAdwin:
+    """River's ADWIN fed the means of consecutive chunks of `chunk` values (cheap: one update per
+    chunk, vectorised means; and less noisy than single values). A detection is reported with the
+    ADWIN estimate before it and the mean of the last `RECENT_CHUNKS` chunk means, since ADWIN's
+    own estimate after the cut still holds much of the old window."""
+
+    def __init__(self, chunk: int, delta: float) -> None:
+        self.chunk = chunk
+        self.adwin = ADWIN(delta=delta, clock=1)  # chunk means are few: test after each
+        self.pending: list[float] = []
+        self.recent: list[float] = []
+
+    def update(self, values: np.ndarray) -> list[dict[str, float]]:
+        """Feed `values` (NaN ignored); return the detections as {mean_before, mean_after}."""
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if self.pending:
+            v = np.concatenate([np.asarray(self.pending), v])
+        k = self.chunk
+        full = len(v) // k
+        self.pending = v[full * k:].tolist()
+        hits: list[dict[str, float]] = []
+        if not full:
+            return hits
+        adwin, recent = self.adwin, self.recent
+        for mean in v[:full * k].reshape(full, k).mean(axis=1).tolist():
+            before = adwin.estimation
+            adwin.update(mean)
+            recent.append(mean)
+            if len(recent) > RECENT_CHUNKS:
+                del recent[0]
+            if adwin.drift_detected:
+                hits.append({"mean_before": before, "mean_after": sum(recent) / len(recent)})
+        return hits
 
 
 @dataclass
@@ -85,6 +122,7 @@ class Reference:
     horizon_ms: int | None
     holdout: dict[str, Any]
     description: dict[str, Any]
+    score_mean: float | None = None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, cfg: MonitorConfig) -> Reference:
@@ -102,6 +140,7 @@ class Reference:
             model=model, feature_spec=manifest.feature_spec, bins=bins, calibration=calibration,
             horizon_ms=int(horizon) if horizon else None,
             holdout=dict((manifest.metrics or {}).get("test") or {}),
+            score_mean=((manifest.profile or {}).get("score") or {}).get("mean"),
             description={"source": f"manifest:{manifest.name}@v{manifest.version}",
                          "n": int((manifest.profile or {}).get("n_rows") or 0),
                          "start_ms": manifest.training.data_start_ms if manifest.training else None,
@@ -121,12 +160,13 @@ class PartitionMonitor:
     seen: int = 0
     windows: int = 0
     score_adwin: Any = None
-    chunk: list[float] = field(default_factory=list)
-    recent: list[float] = field(default_factory=list)  # the last RECENT_CHUNKS chunk means
     score_hits: list[dict[str, Any]] = field(default_factory=list)
-    perf_ts: list[int] = field(default_factory=list)
-    perf_scores: list[float] = field(default_factory=list)
-    perf_labels: list[int] = field(default_factory=list)
+    score_sum: float = 0.0  # finite scores of the open window
+    score_n: int = 0
+    score_shifted: bool = False  # an ADWIN detection of size >= score_shift_floor, not yet undone
+    perf_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    perf_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    perf_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     resid_adwin: Any = None
     resid_hits: list[dict[str, Any]] = field(default_factory=list)
     policy: dict[str, Any] | None = None
@@ -136,7 +176,10 @@ class PartitionMonitor:
     switches: list[dict[str, Any]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return STATE_MAGIC + pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        # Arrays travel as raw bytes: pickling numpy objects costs several times more per batch.
+        state = {k: ("__nd__", v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else v
+                 for k, v in self.__dict__.items()}
+        return STATE_MAGIC + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PartitionMonitor:
@@ -147,7 +190,11 @@ class PartitionMonitor:
             try:
                 state = pickle.loads(raw[len(STATE_MAGIC):])  # noqa: S301 - the engine's own state record
                 pm = cls()
-                pm.__dict__.update({k: v for k, v in state.items() if k in pm.__dict__})
+                for k, v in state.items():
+                    if k in pm.__dict__:
+                        if isinstance(v, tuple) and len(v) == 4 and v[0] == "__nd__":
+                            v = np.frombuffer(v[3], dtype=np.dtype(v[1])).reshape(v[2]).copy()
+                        pm.__dict__[k] = v
                 return pm
             except Exception as exc:  # noqa: BLE001 - a bad record must not stop the partition
                 log.warning("monitor state unreadable (%s); starting the partition's monitor afresh", exc)
@@ -313,7 +360,7 @@ class DriftMonitor:
         # 4: a closed window
         ev.window_fill = pm.n
         closes = pm.n >= self.cfg.window_events or (
-            pm.first_ms is not None and n_events and int(ts.max()) >= pm.first_ms + self.cfg.window_ms)
+            pm.n >= self.cfg.min_window_events and n_events and int(ts.max()) >= pm.first_ms + self.cfg.window_ms)
         if closes and ref.bins is not None and pm.counts is not None:
             window = Window(pm.first_ms or 0, pm.last_ms or 0, pm.n)
             if pm.n >= self.cfg.min_window_events:
@@ -323,6 +370,7 @@ class DriftMonitor:
                 triggers += policy.fallbacks(window, ctx)
                 pm.windows += 1
             pm.counts, pm.n, pm.first_ms, pm.last_ms, pm.score_hits = None, 0, None, None, []
+            pm.score_sum, pm.score_n = 0.0, 0
         pm.policy = policy.state
         states[MONITOR_KEY] = pm.encode()
         ev.triggers = triggers
@@ -339,31 +387,16 @@ class DriftMonitor:
     # -- score detector ------------------------------------------------------------------------
 
     def _feed_scores(self, pm: PartitionMonitor, scores: np.ndarray) -> None:
-        k = self.cfg.score_chunk
-        s = scores[np.isfinite(scores)].astype(np.float64)
-        if pm.chunk:
-            s = np.concatenate([np.asarray(pm.chunk), s])
-        full = len(s) // k
-        pm.chunk = s[full * k:].tolist()
-        if not full:
-            return
         if pm.score_adwin is None:
-            pm.score_adwin = ADWIN(delta=self.cfg.adwin_delta, clock=1)  # chunk means are few: test each
-        adwin = pm.score_adwin
-        recent = pm.recent
-        for mean in s[:full * k].reshape(full, k).mean(axis=1).tolist():
-            before = adwin.estimation
-            adwin.update(mean)
-            recent.append(mean)
-            if len(recent) > RECENT_CHUNKS:
-                del recent[0]
-            if adwin.drift_detected:
-                # ADWIN's own estimate after the cut still holds much of the old window; the size
-                # of the change is judged on the last few chunks.
-                after = sum(recent) / len(recent)
-                rel = abs(after - before) / max(abs(before), 1e-9)
-                pm.score_hits.append({"at_event": pm.seen, "mean_before": before, "mean_after": after,
-                                      "relative_change": rel})
+            pm.score_adwin = ChunkedAdwin(self.cfg.score_chunk, self.cfg.adwin_delta)
+        finite = scores[np.isfinite(scores)]
+        pm.score_sum += float(finite.sum())
+        pm.score_n += len(finite)
+        for hit in pm.score_adwin.update(finite):
+            rel = abs(hit["mean_after"] - hit["mean_before"]) / max(abs(hit["mean_before"]), 1e-9)
+            pm.score_hits.append({**hit, "at_event": pm.seen, "relative_change": rel})
+            if rel >= self.cfg.score_shift_floor:
+                pm.score_shifted = True
 
     # -- labels and performance ----------------------------------------------------------------
 
@@ -374,25 +407,21 @@ class DriftMonitor:
         ev.resolved = (len(resolved) - positives, positives)
         pm.labels_resolved += len(resolved)
         pm.labels_dropped += resolved.dropped
+        s = np.asarray(resolved.scores, dtype=np.float64)
+        ok = (s >= 0.0) & (s <= 1.0)  # else not a probability (a broken model): not evaluable
+        y = np.asarray(resolved.labels, dtype=np.int8)[ok]
+        pm.perf_ts = np.concatenate([pm.perf_ts, np.asarray(resolved.ts, dtype=np.int64)[ok]])
+        pm.perf_scores = np.concatenate([pm.perf_scores, s[ok]])
+        pm.perf_labels = np.concatenate([pm.perf_labels, y])
         if pm.resid_adwin is None:
-            pm.resid_adwin = ADWIN(delta=self.cfg.adwin_delta)
-        adwin = pm.resid_adwin
-        for t, s, y in zip(resolved.ts, resolved.scores, resolved.labels):
-            if not 0.0 <= s <= 1.0:  # not a probability (a broken model): not evaluable
-                continue
-            pm.perf_ts.append(t)
-            pm.perf_scores.append(s)
-            pm.perf_labels.append(y)
-            before = adwin.estimation
-            adwin.update(y - s)
-            if adwin.drift_detected:
-                pm.resid_hits.append({"mean_before": before, "mean_after": adwin.estimation,
-                                      "change": abs(adwin.estimation - before)})
+            pm.resid_adwin = ChunkedAdwin(RESIDUAL_CHUNK, self.cfg.adwin_delta)
+        for hit in pm.resid_adwin.update(y - s[ok]):
+            pm.resid_hits.append({**hit, "change": abs(hit["mean_after"] - hit["mean_before"])})
 
     def _performance(self, pm: PartitionMonitor,
                      ref: Reference) -> tuple[Signal | None, dict[str, float], Window]:
-        y, p = np.asarray(pm.perf_labels), np.asarray(pm.perf_scores)
-        window = Window(int(min(pm.perf_ts)), int(max(pm.perf_ts)), len(y))
+        y, p = pm.perf_labels, pm.perf_scores
+        window = Window(int(pm.perf_ts.min()), int(pm.perf_ts.max()), len(y))
         m = evaluate(y, p)
         cfg = self.cfg
         summary = {"auc": m.auc if m.auc is not None else float("nan"), "log_loss": m.log_loss, "ece": m.ece,
@@ -405,19 +434,28 @@ class DriftMonitor:
         if hold_ece is not None and m.ece > hold_ece + cfg.ece_rise:
             evidence.append({"name": "ece", "statistic": "ece", "value": m.ece, "threshold": hold_ece + cfg.ece_rise,
                              "n": m.n, "holdout": hold_ece})
-        shifts = [h for h in pm.resid_hits if h["change"] >= cfg.ece_rise]
+        hold_gap = abs((ref.holdout.get("base_rate") or 0.0) - (ref.holdout.get("mean_score") or 0.0))
+        gap = abs(m.base_rate - m.mean_score)
+        if "base_rate" in ref.holdout and gap > hold_gap + cfg.calibration_shift:
+            evidence.append({"name": "calibration_in_the_large", "statistic": "abs(base_rate - mean_score)",
+                             "value": gap, "threshold": hold_gap + cfg.calibration_shift, "n": m.n,
+                             "holdout": hold_gap})
+        shifts = [h for h in pm.resid_hits if h["change"] >= cfg.calibration_shift]
         if shifts:
             worst = max(shifts, key=lambda h: h["change"])
             evidence.append({"name": "calibration_residual", "statistic": "adwin_mean_change",
-                             "value": worst["change"], "threshold": cfg.ece_rise, "n": m.n,
+                             "value": worst["change"], "threshold": cfg.calibration_shift, "n": m.n,
                              "mean_before": worst["mean_before"], "mean_after": worst["mean_after"]})
         for e in evidence:
             e.update({"log_loss": m.log_loss, "base_rate": m.base_rate, "mean_score": m.mean_score})
-        pm.perf_ts, pm.perf_scores, pm.perf_labels, pm.resid_hits = [], [], [], []
+        fresh = PartitionMonitor()
+        pm.perf_ts, pm.perf_scores, pm.perf_labels, pm.resid_hits = \
+            fresh.perf_ts, fresh.perf_scores, fresh.perf_labels, []
         if not evidence:
             return None, summary, window
         first = evidence[0]
         detector = {"name": "performance", "params": {"auc_drop": cfg.auc_drop, "ece_rise": cfg.ece_rise,
+                                                      "calibration_shift": cfg.calibration_shift,
                                                       "label_window": cfg.label_window,
                                                       "label_sample": cfg.label_sample,
                                                       "adwin_delta": cfg.adwin_delta}}
@@ -457,17 +495,32 @@ class DriftMonitor:
                                  (drifted + [r for r in features if not r["drifted"]])[:max(MAX_EVIDENCE, len(drifted))])
         score_sig = None
         score_row = next((r for r in rows if r["name"] == "score"), None)
-        shifts = [h for h in pm.score_hits if h["relative_change"] >= cfg.score_shift_floor]
+        hits = self._adwin_evidence([h for h in pm.score_hits if h["relative_change"] >= cfg.score_shift_floor])
+        shift = self._mean_shift(pm, ref)
+        if shift is not None and shift["value"] < cfg.score_shift_floor:
+            pm.score_shifted = False  # the level came back: an old detection no longer counts
         if score_row is not None and score_row["drifted"]:
             score_sig = Signal("prediction_drift", {"name": "psi_calibrated", "params": params},
-                               score_row["value"], score_row["threshold"], [score_row] + self._adwin_evidence(shifts))
-        elif shifts:
-            worst = max(shifts, key=lambda h: h["relative_change"])
+                               score_row["value"], score_row["threshold"],
+                               [score_row] + ([shift] if shift else []) + hits)
+        elif pm.score_shifted and shift is not None:
+            # ADWIN found the change point; the window's mean score, still shifted vs the
+            # reference, confirms it window after window.
             score_sig = Signal("prediction_drift",
-                               {"name": "adwin", "params": {"delta": cfg.adwin_delta, "chunk": cfg.score_chunk}},
-                               worst["relative_change"], cfg.score_shift_floor,
-                               self._adwin_evidence(shifts) + ([score_row] if score_row else []))
+                               {"name": "adwin", "params": {"delta": cfg.adwin_delta, "chunk": cfg.score_chunk,
+                                                            "score_shift_floor": cfg.score_shift_floor}},
+                               shift["value"], cfg.score_shift_floor,
+                               [shift] + hits + ([score_row] if score_row else []))
         return feature_sig, score_sig, table
+
+    def _mean_shift(self, pm: PartitionMonitor, ref: Reference) -> dict[str, Any] | None:
+        """The window's mean score vs the reference's, as relative change (None if unknown)."""
+        if not pm.score_n or not ref.score_mean:
+            return None
+        mean = pm.score_sum / pm.score_n
+        return {"name": "score", "statistic": "mean_relative_change",
+                "value": abs(mean - ref.score_mean) / abs(ref.score_mean), "threshold": self.cfg.score_shift_floor,
+                "n": int(pm.score_n), "mean": mean, "reference_mean": ref.score_mean}
 
     def _adwin_evidence(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"name": "score", "statistic": "adwin_relative_change", "value": h["relative_change"],

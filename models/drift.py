@@ -168,16 +168,18 @@ class ReferenceBins:
         m = len(self.names)
         if n == 0:
             return self.empty()
-        idx = np.empty((n, m), dtype=np.int64)
-        n_feat = len(self.feature_index)
+        # One float64 copy of the monitored columns, column-major, so every searchsorted runs on a
+        # contiguous array of the cuts' dtype (no per-column cast or strided read).
+        cols = np.empty((m, n), dtype=np.float64)
+        cols[:len(self.feature_index)] = X[:, self.feature_index].T
+        if self.has_score:
+            cols[-1] = scores
+        idx = np.empty((m, n), dtype=np.int64)
         for c in range(m):
-            col = X[:, self.feature_index[c]] if c < n_feat else np.asarray(scores)
-            b = np.searchsorted(self.cuts[c], col, side="right") + 1
-            nan = np.isnan(col)
-            if nan.any():
-                b[nan] = 0
-            idx[:, c] = b
-        idx += self._offsets
+            idx[c] = np.searchsorted(self.cuts[c], cols[c], side="right")
+        idx += 1
+        idx[np.isnan(cols)] = 0
+        idx += self._offsets[:, None]
         return np.bincount(idx.ravel(), minlength=m * self.width).reshape(m, self.width)
 
 
