@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 import numpy as np
 import orjson
@@ -148,15 +148,7 @@ class LabelJoin:
                 rec = live[entity] = _Record.decode(stored.get(label_key(entity)), self.version)
             t = int(ts[i])
             if event_types[i] == PURCHASE:
-                keep = []
-                for p in rec.pending:
-                    if p[0] < t <= p[0] + h:
-                        out.ts.append(int(p[0]))
-                        out.scores.append(p[1])
-                        out.labels.append(1)
-                    else:
-                        keep.append(p)
-                rec.pending = keep
+                _resolve(rec, lambda p_ts, t=t: p_ts < t <= p_ts + h, 1, out)
                 rec.purchases.append(t)
             s = float(scores[i])
             if not math.isnan(s):
@@ -189,19 +181,24 @@ class LabelJoin:
         future on-time event can count; the encoded record, or None when nothing is left."""
         if watermark is not None:
             h = self.horizon_ms
-            keep = []
-            for p in rec.pending:
-                if p[0] + h < watermark:
-                    out.ts.append(int(p[0]))
-                    out.scores.append(p[1])
-                    out.labels.append(0)
-                else:
-                    keep.append(p)
-            rec.pending = keep
+            _resolve(rec, lambda p_ts: p_ts + h < watermark, 0, out)
             rec.purchases = [b for b in rec.purchases if b > watermark]
         if not rec.pending and not rec.purchases:
             return None
         return rec.encode()
+
+
+def _resolve(rec: _Record, resolves: Callable[[int], bool], label: int, out: Resolved) -> None:
+    """Move the pending events of `rec` whose event time satisfies `resolves` to `out` as `label`."""
+    keep = []
+    for p in rec.pending:
+        if resolves(p[0]):
+            out.ts.append(int(p[0]))
+            out.scores.append(p[1])
+            out.labels.append(label)
+        else:
+            keep.append(p)
+    rec.pending = keep
 
 
 def decode_pending(raw: bytes) -> list[tuple[int, float]]:

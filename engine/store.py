@@ -10,6 +10,10 @@ which no entity key can (keys are validated non-empty strings and NUL-prefixed i
 
 A micro-batch's entity states, clock and applied offset are written in one atomic WriteBatch, so
 after a crash the store is always exactly "all events before `applied`" — never half a batch.
+
+The drift monitors (engine/monitors.py) keep their records under NUL-prefixed keys too:
+``\\x00monitor`` (the partition's monitor state) and ``\\x00lbl:<entity>`` (label-join records),
+written with the batch's entity states and restored from the changelog like them.
 """
 
 from __future__ import annotations

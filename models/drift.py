@@ -42,6 +42,7 @@ floor) before calling a column drifted. See docs/monitoring.md.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,7 @@ class NullCalibration:
         self.per_column_alpha = alpha / len(reference.names)
         self.draws = draws
         self.seed = seed
+        self.seconds = 0.0  # wall time spent calibrating (one-off per n bucket)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def thresholds(self, n: int) -> dict[str, np.ndarray]:
@@ -230,7 +232,9 @@ class NullCalibration:
         b = n_bucket(n)
         got = self._cache.get(b)
         if got is None:
+            t0 = time.perf_counter()
             got = self._cache[b] = self._calibrate(b)
+            self.seconds += time.perf_counter() - t0
         return got
 
     def _calibrate(self, n: int) -> dict[str, np.ndarray]:

@@ -187,3 +187,18 @@ def test_warmup_rows_go_into_no_window() -> None:
     part = Partition(_watching(warmup_events=600))
     part.feed(X, _scores(X), _events(1_000, 9))
     assert part.pm.seen == 1_000 and part.pm.n == 400
+
+
+def test_monitor_config_is_validated_with_the_key_named() -> None:
+    from engine.config import ConfigError, config_from_mapping
+
+    assert config_from_mapping({}).monitor.enabled is True
+    assert config_from_mapping({"monitor": {"enabled": False}}).monitor.enabled is False
+    for raw, needle in (({"monitor": {"windows": 3}}, "monitor.windows"),
+                        ({"monitor": {"alpha": 1.5}}, "monitor.alpha"),
+                        ({"monitor": {"label_sample": -0.1}}, "monitor.label_sample"),
+                        ({"monitor": {"min_window_events": 50_000}}, "monitor.min_window_events"),
+                        ({"monitor": {"trigger_topic": "clicks"}}, "monitor.trigger_topic"),
+                        ({"monitor": ["on"]}, "monitor must be a mapping")):
+        with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+            config_from_mapping(raw)
