@@ -226,6 +226,53 @@ def adwin_feeding_cost(n: int = 200_000, chunk: int = 32) -> dict[str, float]:
     return {"per_event_us": round(per_event, 3), "chunk_means_us": round(per_chunk, 3), "chunk": chunk}
 
 
+def engine_share(bootstrap: str, registry: Path, payloads: list[tuple[bytes, bytes]], root: Path) -> dict[str, Any]:
+    """The monitors' share of a real engine's time: one exactly-once engine process (in this
+    process) consumes `payloads` from a fresh 4-partition topic on `bootstrap`, once with the
+    monitors on and once off; the share is ``streamscore_monitor_seconds`` / the run's wall time."""
+    import uuid
+
+    from engine.config import EngineConfig
+    from engine.runner import ScoringEngine
+    from engine.topics import TopicSpec, delete_topics, ensure_topics
+
+    out: dict[str, Any] = {}
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"bench-drift-{k}-{tag}" for k in ("clicks", "scores", "dlq", "triggers")}
+    ensure_topics(bootstrap, [TopicSpec(names["clicks"], 4), TopicSpec(names["scores"], 4), TopicSpec(names["dlq"], 1),
+                              TopicSpec(names["triggers"], 1)])
+    try:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "partitioner": "murmur2_random"})
+        for key, value in payloads:
+            while True:
+                try:
+                    producer.produce(names["clicks"], value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.flush(60)
+        for enabled in (True, False):
+            cfg = EngineConfig(group_id=f"bench-drift-{tag}-{enabled}", input_topic=names["clicks"],
+                               scores_topic=names["scores"], dlq_topic=names["dlq"], registry=registry,
+                               model_name="purchase", state_dir=root / f"state-{enabled}", instance_id=f"{tag}{enabled}",
+                               monitor=replace(MonitorConfig(), enabled=enabled, trigger_topic=names["triggers"]))
+            engine = ScoringEngine(cfg, bootstrap)
+            stats = engine.run(max_events=len(payloads), idle_exit_s=20.0)
+            spent = engine.metrics.registry.get_sample_value("streamscore_monitor_seconds_total") or 0.0
+            out["on" if enabled else "off"] = {
+                "events": stats.consumed, "seconds": round(stats.seconds, 2),
+                "events_per_s": round(stats.consumed / stats.seconds, 1),
+                "us_per_event": round(stats.seconds / stats.consumed * 1e6, 2),
+                "monitor_seconds": round(spent, 3),
+                "monitor_us_per_event": round(spent / stats.consumed * 1e6, 3) if stats.consumed else None,
+                "monitor_share": round(spent / stats.seconds, 4) if stats.seconds else None}
+    finally:
+        delete_topics(bootstrap, list(names.values()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=2_000)
@@ -237,6 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--only", default=None, help="comma-separated scenario names (and 'stable')")
+    ap.add_argument("--engine-events", type=int, default=0,
+                    help="also run a real engine on this many events, monitors on and off "
+                         "(needs KAFKA_BOOTSTRAP_SERVERS)")
     ap.add_argument("--json", default="benchmarks/results/drift.json")
     args = ap.parse_args(argv)
 
@@ -256,6 +306,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"trained purchase v{result.version} on {args.history:,} events "
               f"(holdout AUC {manifest.metrics['test']['auc']:.3f}, ECE {manifest.metrics['test']['ece']:.3f}) "
               f"in {time.perf_counter() - t_start:.0f} s")
+
+        engine: dict[str, Any] | None = None
+        if args.engine_events:
+            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            if not bootstrap:
+                raise SystemExit("--engine-events needs KAFKA_BOOTSTRAP_SERVERS (e.g. `streamscore broker start`)")
+            payloads = list(ClickstreamGenerator(replace(base, n_events=args.engine_events, seed=args.seed + 1)).payloads())
+            engine = engine_share(bootstrap, Path(tmp) / "registry", payloads, Path(tmp))
+            print(f"engine on Kafka, monitors on: {engine['on']}; off: {engine['off']}")
 
         # Warm state at the end of the history, shared by every scenario.
         state: dict[str, bytes] = {}
@@ -301,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "adwin": adwin_feeding_cost()}
     report = {"benchmark": "drift", "config": {**vars(args), "monitor": cfg.__dict__, "horizon_ms": HORIZON_MS},
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-              "scenarios": rows, "cost": cost, "seconds": round(time.perf_counter() - t_start, 1)}
+              "scenarios": rows, "cost": cost, "engine": engine, "seconds": round(time.perf_counter() - t_start, 1)}
     print_table(rows, cost)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

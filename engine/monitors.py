@@ -51,7 +51,7 @@ from river.drift import ADWIN
 from engine.config import MonitorConfig
 from engine.labels import LabelJoin, Resolved
 from engine.triggers import QUIET, Signal, TriggerContext, TriggerPolicy, Window
-from models.drift import NullCalibration, ReferenceBins, compare
+from models.drift import NullCalibration, ReferenceBins, compare, n_bucket
 from models.evaluate import evaluate
 from models.manifest import Manifest
 from models.trigger import RetrainTrigger
@@ -248,13 +248,20 @@ class DriftMonitor:
 
     def watch(self, manifest: Manifest) -> None:
         """Watch the champion described by `manifest` (cheap if it is already watched). The
-        null thresholds of a full count window are computed here, not in a batch."""
+        null thresholds of every window size are computed here (about 0.1 s per size bucket,
+        ~9 buckets with the defaults), not in a batch."""
         key = (manifest.name, manifest.version)
         ref = self._references.get(key)
         if ref is None:
             ref = Reference.from_manifest(manifest, self.cfg)
             if ref.calibration is not None:
-                ref.calibration.thresholds(self.cfg.window_events)
+                # Every window size a window can close at (min_window_events .. window_events, by
+                # bucket), so no batch pays for a calibration.
+                n = self.cfg.window_events
+                while n >= self.cfg.min_window_events:
+                    ref.calibration.thresholds(n)
+                    n = n_bucket(n) - 1
+                ref.calibration.thresholds(self.cfg.min_window_events)
             self._references = {key: ref}  # only the current one is kept
         if self.reference is None or self.reference.model != ref.model:
             log.info("monitoring %s v%s (drift %s, labels %s)", ref.model["name"], ref.model["version"],
