@@ -23,6 +23,7 @@ time passed since the reference started or the last trigger of any reason on the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +82,6 @@ class TriggerPolicy:
 
     def __init__(self, cfg: MonitorConfig, state: dict[str, Any] | None = None,
                  wall_ms: Callable[[], int] | None = None) -> None:
-        import time
-
         self.cfg = cfg
         self.state: dict[str, Any] = state or {"reasons": {}, "since_ms": None, "events": 0}
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
