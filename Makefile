@@ -31,10 +31,11 @@ broker: $(STAMP) ## start the local broker (first start fetches Kafka from Maven
 broker-stop: $(STAMP)
 	$(BIN)/streamscore broker stop
 
-bench: $(STAMP) ## all benchmarks, ~4 min on 2 cores (prints figures, writes benchmarks/results/*.json)
+bench: $(STAMP) ## all benchmarks, ~10 min on 2 cores (prints figures, writes benchmarks/results/*.json)
 	$(BIN)/python -m benchmarks.bench_features --json benchmarks/results/features.json
 	$(BIN)/python -m benchmarks.bench_scoring --json benchmarks/results/scoring.json
 	$(BIN)/python -m benchmarks.bench_state --json benchmarks/results/state.json
+	$(BIN)/python -m benchmarks.bench_drift --json benchmarks/results/drift.json
 
 clean:
 	-$(BIN)/streamscore broker stop 2>/dev/null

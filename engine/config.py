@@ -74,6 +74,103 @@ class RocksDBConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Drift and performance monitors and retraining triggers (docs/monitoring.md).
+
+    Windows are per input partition. Event times and durations are milliseconds of event time.
+
+    Attributes:
+        enabled: run the monitors (on by default).
+        trigger_topic: where retraining triggers are published (in the batch's transaction).
+        window_events: a window closes after this many champion-scored events (count window) ...
+        window_ms: ... or once the partition's event time passed its first event + this (time
+            window) and it holds at least `min_window_events` rows, whichever comes first.
+        min_window_events: the minimum sample size of an evaluated window.
+        warmup_events: events after a (re)start of the reference that are counted into no window.
+        alpha: family-wise false-alarm probability per window over all monitored columns
+            (Bonferroni: each column at alpha / m).
+        psi_floor: smallest PSI that counts as drift whatever the calibrated threshold says.
+        calibration_draws: resampled null pairs per calibration (cached per window size).
+        confirm_windows: consecutive windows (label windows for performance) a signal must
+            persist before a trigger; the first one is a warning.
+        cooldown_ms: event time after a trigger during which the same reason does not trigger
+            again on this partition.
+        score_chunk: the score detector (ADWIN) is fed means of this many consecutive scores.
+        adwin_delta: ADWIN confidence parameter (score and calibration-residual detectors).
+        score_shift_floor: smallest relative change of the mean score for an ADWIN detection
+            to count, and of a window's mean score vs the reference's to confirm it.
+        label_sample: share of entities (stable hash) whose outcomes are joined to scores.
+        label_max_pending: most unresolved scored events kept per sampled entity (oldest dropped).
+        label_window: resolved labels per performance evaluation (AUC, log loss, ECE).
+        auc_drop: performance signal when the window's AUC is below the manifest's holdout AUC
+            by more than this ...
+        ece_rise: ... or its ECE above the holdout ECE by more than this ...
+        calibration_shift: ... or its calibration in the large, |positive rate - mean score|,
+            above the holdout's by more than this (also the smallest change of the residual
+            y - p an ADWIN detection must show).
+        schedule_ms: time-based fallback: trigger (reason "schedule") when this much event time
+            passed since the reference started or the last trigger; 0 = off.
+        volume_events: volume-based fallback: trigger (reason "volume") after this many events
+            on the partition since the reference started or the last trigger; 0 = off.
+        training_window_ms: a trigger suggests training on this much event time before the
+            current window's end.
+        key_bucket_ms: the event-time bucket of the idempotency key (model, version, reason,
+            bucket): triggers of one model, reason and bucket are one retraining.
+    """
+
+    enabled: bool = True
+    trigger_topic: str = "retrain.triggers"
+    window_events: int = 20_000
+    window_ms: int = 3_600_000
+    min_window_events: int = 5_000
+    warmup_events: int = 5_000
+    alpha: float = 0.01
+    psi_floor: float = 0.25
+    calibration_draws: int = 1_000
+    confirm_windows: int = 2
+    cooldown_ms: int = 21_600_000
+    score_chunk: int = 32
+    adwin_delta: float = 0.002
+    score_shift_floor: float = 0.25
+    label_sample: float = 0.1
+    label_max_pending: int = 32
+    label_window: int = 2_000
+    auc_drop: float = 0.05
+    ece_rise: float = 0.05
+    calibration_shift: float = 0.03
+    schedule_ms: int = 0
+    volume_events: int = 0
+    training_window_ms: int = 7 * 86_400_000
+    key_bucket_ms: int = 3_600_000
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, what: str) -> None:
+            if not cond:
+                raise ConfigError(f"monitor.{key} {what}, got {getattr(self, key)!r}")
+
+        def is_int(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        need(isinstance(self.enabled, bool), "enabled", "must be true or false")
+        need(isinstance(self.trigger_topic, str) and bool(self.trigger_topic.strip()), "trigger_topic",
+             "must be a topic name")
+        for key, lo in (("window_events", 1), ("window_ms", 1), ("min_window_events", 1), ("warmup_events", 0),
+                        ("calibration_draws", 50), ("confirm_windows", 1), ("cooldown_ms", 0), ("score_chunk", 1),
+                        ("label_max_pending", 1), ("label_window", 10), ("schedule_ms", 0), ("volume_events", 0),
+                        ("training_window_ms", 1), ("key_bucket_ms", 1)):
+            need(is_int(getattr(self, key)) and getattr(self, key) >= lo, key, f"must be an integer >= {lo}")
+        need(self.min_window_events <= self.window_events, "min_window_events", "must be <= window_events")
+        for key in ("alpha", "adwin_delta"):
+            need(is_num(getattr(self, key)) and 0.0 < getattr(self, key) < 1.0, key, "must be a number in (0, 1)")
+        need(is_num(self.label_sample) and 0.0 <= self.label_sample <= 1.0, "label_sample", "must be in [0, 1]")
+        for key in ("psi_floor", "score_shift_floor", "auc_drop", "ece_rise", "calibration_shift"):
+            need(is_num(getattr(self, key)) and getattr(self, key) >= 0.0, key, "must be a number >= 0")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -110,6 +207,7 @@ class EngineConfig:
             (security.protocol, sasl.*, ssl.*, client.id, ...); the engine's own required
             settings win and a conflicting value is an error (`engine.kafka_clients`).
         retrain: the retraining worker's section (`engine.retrain_config`, docs/retraining.md).
+        monitor: drift/performance monitors and retraining triggers (`MonitorConfig`).
     """
 
     bootstrap_servers: str | None = None
@@ -140,6 +238,7 @@ class EngineConfig:
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
     kafka: Mapping[str, Any] = field(default_factory=dict, metadata={"env_keys": "dotted"})
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -165,6 +264,11 @@ class EngineConfig:
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
         problem = self.retrain.spec_problem(self.features)
         need(problem is None, str(problem))
+        need(self.monitor.trigger_topic not in topics,
+             f"monitor.trigger_topic must differ from the input, scores and dlq topics, got {self.monitor.trigger_topic!r}")
+        need(self.monitor.trigger_topic == self.retrain.trigger_topic,
+             f"monitor.trigger_topic ({self.monitor.trigger_topic!r}) and retrain.trigger_topic "
+             f"({self.retrain.trigger_topic!r}) must name the same topic: monitors publish where the worker reads")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
         unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)

@@ -54,6 +54,7 @@ class EngineMetrics:
         self.models_refused = Counter(
             "streamscore_models_refused", "Model versions refused at load (hash, spec or input mismatch)", registry=r
         )
+        self.monitor = MonitorMetrics(r)
         self.last_loop = time.monotonic()
         self.health_extra: dict[str, Any] = {}
 
@@ -64,6 +65,59 @@ class EngineMetrics:
         body = {"status": status, "seconds_since_loop": round(age, 3), "assigned_partitions": assigned,
                 **self.health_extra}
         return (200 if status == "ok" else 503), body
+
+
+class MonitorMetrics:
+    """Metrics of the drift and performance monitors (engine/monitors.py), per input partition.
+
+    Gauges hold the statistics of the last evaluated window (drift) or label window
+    (performance); counters count warnings, suppressed and published triggers, label outcomes,
+    reference switches and the seconds spent in the monitors (their cost)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.drift = Gauge("streamscore_drift_statistic", "Drift statistic of the last closed window vs the reference",
+                           ["partition", "column", "statistic"], registry=r)
+        self.threshold = Gauge("streamscore_drift_threshold", "Threshold of a drift statistic for the last window "
+                               "(PSI: max(calibrated, floor))", ["partition", "column", "statistic"], registry=r)
+        self.window_fill = Gauge("streamscore_monitor_window_events", "Rows in the partition's open drift window",
+                                 ["partition"], registry=r)
+        self.performance = Gauge("streamscore_monitor_performance", "Metric of the last label window (auc, log_loss, "
+                                 "ece, base_rate, mean_score, n)", ["partition", "metric"], registry=r)
+        self.warnings = Counter("streamscore_monitor_warnings", "Windows with an unconfirmed drift/decay signal",
+                                ["reason"], registry=r)
+        self.suppressed = Counter("streamscore_monitor_suppressed", "Confirmed signals suppressed by the cooldown",
+                                  ["reason"], registry=r)
+        self.triggers = Counter("streamscore_retrain_triggers", "Retraining triggers published", ["reason"], registry=r)
+        self.labels = Counter("streamscore_monitor_labels_resolved", "Live outcomes joined to scores", ["label"],
+                              registry=r)
+        self.switches = Counter("streamscore_monitor_reference_switches", "Partition monitors that switched to a new "
+                                "champion's reference", registry=r)
+        self.seconds = Counter("streamscore_monitor_seconds", "Wall time spent in the monitors", registry=r)
+
+    def apply(self, ev: Any) -> None:
+        """Publish one committed batch's `engine.monitors.Evaluation`."""
+        p = str(ev.partition)
+        self.window_fill.labels(p).set(ev.window_fill)
+        self.seconds.inc(ev.seconds)
+        if ev.switched:
+            self.switches.inc()
+        negatives, positives = ev.resolved
+        if negatives:
+            self.labels.labels("0").inc(negatives)
+        if positives:
+            self.labels.labels("1").inc(positives)
+        for outcome, reason in ev.outcomes:
+            counter = {"warning": self.warnings, "suppressed": self.suppressed, "trigger": self.triggers}.get(outcome)
+            if counter is not None:
+                counter.labels(reason).inc()
+        if ev.drift:
+            for column, stats in ev.drift.items():
+                for name in ("psi", "js", "ks"):
+                    self.drift.labels(p, column, name).set(stats[name])
+                    self.threshold.labels(p, column, name).set(stats[f"{name}_threshold"])
+        if ev.performance:
+            for metric, value in ev.performance.items():
+                self.performance.labels(p, metric).set(value)
 
 
 class _VersionGauge:

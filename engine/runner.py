@@ -37,7 +37,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
 from engine.kafka_clients import client_settings
+from engine.labels import LABEL_PREFIX
 from engine.latency import LatencyRecorder
+from engine.monitors import MONITOR_KEY, DriftMonitor, Evaluation, PartitionMonitor
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
@@ -84,6 +86,7 @@ class RunStats:
     aborted_batches: int = 0
     restored_records: int = 0
     expired_records: int = 0
+    retrain_triggers: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
@@ -103,6 +106,7 @@ class RunStats:
             "aborted_batches": self.aborted_batches,
             "restored_records": self.restored_records,
             "expired_records": self.expired_records,
+            "retrain_triggers": self.retrain_triggers,
             "latency_ms": self.latency_ms,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.consumed / self.seconds, 1) if self.seconds else 0.0,
@@ -120,6 +124,7 @@ class _BatchCounts:
     expired: int = 0
     scored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    evaluations: list[Evaluation] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +136,11 @@ class _Partition:
     # The group's committed offset when assigned (where consumption began; -1001: none), read
     # only for a partition that has returned nothing yet and so has no position (see `_lag`).
     start: int | None = None
+    monitor: PartitionMonitor | None = None  # as of the last committed batch, plus the batch in flight
+
+    def reload_monitor(self) -> None:
+        """The monitor state of the last committed batch (the store's copy)."""
+        self.monitor = PartitionMonitor.decode(self.store.get(MONITOR_KEY))
 
 
 class ScoringEngine:
@@ -146,6 +156,8 @@ class ScoringEngine:
         self._eos = cfg.guarantee == "exactly_once"
         self._computer = FeatureComputer(cfg.features)
         self._router = ModelRouter(cfg)
+        self._monitor = DriftMonitor(cfg.monitor, cfg.group_id) if cfg.monitor.enabled else None
+        self._monitor_failures = 0
         self._partitions: dict[int, _Partition] = {}
         self._delivery_errors: list[str] = []
         self._changelog_next: dict[int, int] = {}
@@ -192,7 +204,10 @@ class ScoringEngine:
             raise TopicsMissing(f"topics {missing} do not exist on {self.bootstrap}: create them with "
                                 "`streamscore topics create` (or your cluster's tooling)")
         partitions = len(md.topics[self.cfg.input_topic].partitions)
-        ensure_topics(self.bootstrap, [TopicSpec(self._changelog, partitions, compacted=True)], client=self.cfg.kafka)
+        specs = [TopicSpec(self._changelog, partitions, compacted=True)]
+        if self.cfg.monitor.enabled and self.cfg.monitor.trigger_topic not in md.topics:
+            specs.append(TopicSpec(self.cfg.monitor.trigger_topic, 1))
+        ensure_topics(self.bootstrap, specs, client=self.cfg.kafka)
 
     def _publish_models(self) -> None:
         serving = self._router.describe()
@@ -206,6 +221,8 @@ class ScoringEngine:
         self.metrics.models_refused.inc(refused - self._refused_seen)
         self._refused_seen = refused
         self.metrics.health_extra["models"] = serving
+        if self._monitor is not None:
+            self._monitor.watch(self._router.champion.scorer.manifest)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -358,7 +375,10 @@ class ScoringEngine:
             self.metrics.restore_remaining.labels(str(tp.partition)).set(0)
             clock_raw, applied = store.read_meta()
             clock = PartitionClock.decode(self.cfg.features.grace_ms, clock_raw)
-            self._partitions[tp.partition] = _Partition(store, clock, applied)
+            part = _Partition(store, clock, applied)
+            if self._monitor is not None:
+                part.reload_monitor()
+            self._partitions[tp.partition] = part
             self._changelog_next[tp.partition] = result.next_offset
             log.info("assigned %s[%d]: restored %d changelog records in %.2f s; state reflects offsets < %s",
                      tp.topic, tp.partition, result.records, result.seconds, applied)
@@ -469,6 +489,16 @@ class ScoringEngine:
         for reason, n in c.dead.items():
             self.stats.dead_lettered[reason] += n
             self.metrics.dead_lettered.labels(reason).inc(n)
+        for ev in c.evaluations:
+            self.metrics.monitor.apply(ev)
+            for t in ev.triggers:
+                self.stats.retrain_triggers += 1
+                log.info("retraining trigger %s: %s for %s v%s, %s %.4g > %.4g (partition %d, key %s)", t.trigger_id,
+                         t.reason, t.model["name"], t.model.get("version"), t.detector["name"], t.statistic,
+                         t.threshold, ev.partition, t.idempotency_key)
+            for outcome, reason in ev.outcomes:
+                if outcome == "warning":
+                    log.info("monitor warning: %s signal on partition %d (unconfirmed)", reason, ev.partition)
         self.stats.batches += 1
         self.metrics.batch_size.observe(len(msgs))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -498,6 +528,8 @@ class ScoringEngine:
             if part is None:
                 continue
             part.clock.max_ts = clocks_before.get(partition)
+            if self._monitor is not None:
+                part.reload_monitor()
             self._consumer.seek(TopicPartition(self.cfg.input_topic, partition, pmsgs[0].offset()))
 
     def _score_partition(self, part: _Partition, msgs: list[Message]) -> dict[str, bytes | None]:
@@ -523,7 +555,10 @@ class ScoringEngine:
             return {}
 
         entity = self.cfg.features.entity
-        stored = part.store.multi_get({e[entity] for e in events})
+        keys = {e[entity] for e in events}
+        if self._monitor is not None:
+            keys.update(self._monitor.label_keys(list(keys)))
+        stored = part.store.multi_get(keys)  # one multi-get: feature states and label records
         result = process_batch(self._computer, part.clock, events, stored)
         for i in result.late:
             self._dead_letter(
@@ -534,7 +569,10 @@ class ScoringEngine:
         if result.scored:
             scored_events = [events[i] for i in result.scored]
             scored_ts = int(time.time() * 1000)
+            champion = np.full(len(scored_events), np.nan, dtype=np.float64)
             for vs in self._router.score([e[entity] for e in scored_events], result.rows):
+                if vs.variant == "champion":
+                    champion[slice(None) if vs.index is None else vs.index] = vs.scores
                 evs, rows = scored_events, result.rows
                 if vs.index is not None:
                     evs, rows = [scored_events[i] for i in vs.index], result.rows[vs.index]
@@ -544,7 +582,38 @@ class ScoringEngine:
                 )
                 self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
                 self._counts.scored[vs.variant] += len(records)
+            if self._monitor is not None and part.monitor is not None:
+                self._observe(part, msgs[0].partition(), scored_events, result.rows, champion, stored,
+                              result.states)
         return result.states
+
+    def _observe(self, part: _Partition, partition: int, events: list[dict[str, Any]], rows: np.ndarray,
+                 champion: np.ndarray, stored: dict[str, bytes | None], states: dict[str, bytes | None]) -> None:
+        """Feed the batch to the partition's monitor; its records join the batch's `states` and its
+        triggers go to the trigger topic, both in the batch's transaction. A monitor failure is
+        logged and costs only the monitor's batch (its state goes back to the last commit)."""
+        assert self._monitor is not None and part.monitor is not None
+        try:
+            outcome = self._monitor.observe(
+                part.monitor, partition, events, rows, champion, stored, part.clock.watermark,
+                entity_field=self.cfg.features.entity,
+                scan_labels=lambda after, limit: part.store.scan_prefix(LABEL_PREFIX, after, limit))
+        except Exception:  # noqa: BLE001 - monitoring must never stop scoring
+            self._monitor_failures += 1
+            log.exception("monitor failed on partition %d (failure %d); its batch is not monitored",
+                          partition, self._monitor_failures)
+            part.reload_monitor()
+            return
+        states.update(outcome.states)
+        for trigger in outcome.triggers:
+            while True:
+                try:
+                    self._producer.produce(self.cfg.monitor.trigger_topic, trigger.to_json(),
+                                           trigger.idempotency_key.encode(), on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)
+        self._counts.evaluations.append(outcome.evaluation)
 
     def _produce_changelog(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
         for partition, _, states, clock, next_offset in writes:

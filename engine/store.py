@@ -10,6 +10,10 @@ which no entity key can (keys are validated non-empty strings and NUL-prefixed i
 
 A micro-batch's entity states, clock and applied offset are written in one atomic WriteBatch, so
 after a crash the store is always exactly "all events before `applied`" — never half a batch.
+
+The drift monitors (engine/monitors.py) keep their records under NUL-prefixed keys too:
+``\\x00monitor`` (the partition's monitor state) and ``\\x00lbl:<entity>`` (label-join records),
+written with the batch's entity states and restored from the changelog like them.
 """
 
 from __future__ import annotations
@@ -101,15 +105,30 @@ class PartitionStore:
         """Up to `limit` entity records (key, encoded state) in key order, starting after the key
         `after` (from the first entity if None). Metadata keys are never returned. For the
         incremental expiry sweep: one short iterator per batch, not the hot path of events."""
+        # Entity keys never start with NUL, so b"\x01" is at or before the first of them.
+        return self._scan(b"\x01", None, after, limit)
+
+    def scan_prefix(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Like `scan`, over the keys that start with `prefix` (e.g. the monitors' label records)."""
+        raw = prefix.encode()
+        return self._scan(raw, raw, after, limit)
+
+    def _scan(self, start: bytes, prefix: bytes | None, after: str | None, limit: int) -> list[tuple[str, bytes]]:
         it = self._db.iter()
-        # Entity keys never start with NUL, so b"\x01" is at or before the first of them; key +
-        # NUL is the smallest key greater than key.
-        it.seek(b"\x01" if after is None else after.encode() + b"\x00")
+        # key + NUL is the smallest key greater than key.
+        it.seek(start if after is None else after.encode() + b"\x00")
         out: list[tuple[str, bytes]] = []
         while it.valid() and len(out) < limit:
-            out.append((it.key().decode(), it.value()))
+            key = it.key()
+            if prefix is not None and not key.startswith(prefix):
+                break
+            out.append((key.decode(), it.value()))
             it.next()
         return out
+
+    def get(self, key: str) -> bytes | None:
+        """One record by key (metadata-style keys included); not for the per-event path."""
+        return self._db.get(key.encode())
 
     def entity_count(self) -> int:
         """Number of entity records (a full scan; for tests and tooling, not the hot path)."""

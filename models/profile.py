@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from models import drift
+
 PROFILE_SCHEMA = 1
 
 
@@ -79,16 +81,14 @@ def build_profile(
     }
 
 
-def _fractions(entry: Mapping[str, Any], values: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    ref = np.asarray(list(entry["counts"]) + [entry["nan_count"]], dtype=np.float64)
+def _counts(entry: Mapping[str, Any], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, live) counts of one column in the `models.drift` layout (NaN bin first)."""
+    ref = np.asarray([entry["nan_count"], *entry["counts"]], dtype=np.float64)
     v = np.asarray(values, dtype=np.float64).ravel()
     nan = np.isnan(v)
     live = np.bincount(np.searchsorted(np.asarray(entry["cuts"], dtype=np.float64), v[~nan], side="right"),
                        minlength=len(entry["counts"]))
-    live = np.append(live.astype(np.float64), float(nan.sum()))
-    if ref.sum() == 0 or live.sum() == 0:
-        raise ValueError("PSI needs at least one reference and one live value")
-    return np.maximum(ref / ref.sum(), eps), np.maximum(live / live.sum(), eps)
+    return ref, np.concatenate([[float(nan.sum())], live.astype(np.float64)])
 
 
 def psi(reference_entry: Mapping[str, Any], values: np.ndarray, eps: float = 1e-4) -> float:
@@ -96,17 +96,15 @@ def psi(reference_entry: Mapping[str, Any], values: np.ndarray, eps: float = 1e-
 
     Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
     """
-    p, q = _fractions(reference_entry, values, eps)
-    return float(np.sum((q - p) * np.log(q / p)))
+    ref, live = _counts(reference_entry, values)
+    if ref.sum() == 0 or live.sum() == 0:
+        raise ValueError("PSI needs at least one reference and one live value")
+    return float(drift.psi(ref, live, eps))
 
 
 def binned_ks(reference_entry: Mapping[str, Any], values: np.ndarray) -> float:
     """Max distance between the reference and live CDFs evaluated at the bin edges (NaN excluded)."""
-    ref = np.asarray(reference_entry["counts"], dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[~np.isnan(v)]
-    live = np.bincount(np.searchsorted(np.asarray(reference_entry["cuts"], dtype=np.float64), v, side="right"),
-                       minlength=len(ref)).astype(np.float64)
-    if ref.sum() == 0 or live.sum() == 0:
+    ref, live = _counts(reference_entry, values)
+    if ref[1:].sum() == 0 or live[1:].sum() == 0:
         raise ValueError("KS needs at least one non-NaN reference and live value")
-    return float(np.max(np.abs(np.cumsum(ref) / ref.sum() - np.cumsum(live) / live.sum())))
+    return float(drift.binned_ks(ref, live))
