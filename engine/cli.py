@@ -14,7 +14,6 @@ errors too.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -141,6 +140,7 @@ def run(
     shadow: Optional[bool] = typer.Option(None, "--shadow/--no-shadow", help="Shadow-score with the challenger alias."),
     canary_share: Optional[float] = typer.Option(None, help="Share of entities answered by the canary alias (0: off)."),
     log_level: str = typer.Option("INFO", help="Python log level."),
+    log_format: str = typer.Option("text", help="Log lines as text or json (one JSON object per line)."),
 ) -> None:
     """Run one scoring process: consume clicks, score every event, publish to the scores topic.
 
@@ -154,7 +154,12 @@ def run(
 
     from engine.runner import NO_ASSIGNMENT, ScoringEngine
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.logs import configure_logging
+
+    try:
+        configure_logging(log_level, log_format)
+    except ValueError as exc:
+        _fail(str(exc))
     cfg = _load(config, group_id=group_id, metrics_port=metrics_port, metrics_host=metrics_host, state_dir=state_dir,
                 registry=registry, include_features=include_features, shadow=shadow, canary_share=canary_share)
     bootstrap = _bootstrap(cfg.bootstrap_servers)

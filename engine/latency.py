@@ -51,5 +51,14 @@ class LatencyRecorder:
         idx = int(np.searchsorted(np.cumsum(self.counts), max(1, int(np.ceil(q / 100 * n)))))
         return float(_bucket_value(np.array([idx]))[0])
 
+    def cumulative_at(self, edges_ms: list[float]) -> tuple[list[int], float]:
+        """(count of latencies <= each edge, approximate sum in ms): a bucket counts under an edge
+        when its upper value is <= the edge (exact below 64 ms)."""
+        values = _bucket_value(np.arange(_NBUCKETS))
+        cum = np.cumsum(self.counts)
+        idx = np.searchsorted(values, np.asarray(edges_ms, dtype=np.float64), side="right") - 1
+        counts = [int(cum[i]) if i >= 0 else 0 for i in idx]
+        return counts, float(np.dot(self.counts, values))
+
     def summary(self) -> dict[str, float]:
         return {f"p{q:g}": round(self.percentile(q), 2) for q in (50, 90, 99, 99.9)} | {"count": self.total}

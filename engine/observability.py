@@ -1,8 +1,14 @@
-"""Prometheus metrics and the HTTP health endpoint of one engine process.
+"""Prometheus metrics and the HTTP health endpoints of one engine process.
 
-``GET /metrics`` serves the Prometheus exposition; ``GET /healthz`` returns JSON
-``{"status": "ok"|"starting"|"stalled", ...}`` with HTTP 200 when ok, 503 otherwise. A process is
-"stalled" when it has assigned partitions but has not finished a poll loop for 30 s.
+- ``GET /metrics``: the Prometheus exposition.
+- ``GET /livez`` (alias ``/healthz``): **liveness**. JSON ``{"status": "ok"|"stalled", ...}``,
+  HTTP 200 when ok, 503 when the poll loop has not turned for 30 s (a restore in progress counts
+  as turning). Restart the process when it fails.
+- ``GET /readyz``: **readiness**. HTTP 200 only when the process owns at least one partition,
+  every owned partition's state is restored, a champion model is loaded, and it is not stopping;
+  503 otherwise, with ``reasons``. Readiness drops during a restore and a rebalance (between
+  the revocation and the end of the new assignment's restore) and while draining after SIGTERM.
+  Route queries and count capacity by it; do not restart on it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+
+from engine.latency import LatencyRecorder
 
 STALL_AFTER_S = 30.0
 
@@ -50,6 +59,13 @@ class EngineMetrics:
         )
         self.aborted_batches = Counter("streamscore_aborted_batches", "Batch transactions aborted", registry=r)
         self.assigned = Gauge("streamscore_assigned_partitions", "Input partitions owned", registry=r)
+        self.consumer_lag = Gauge(
+            "streamscore_consumer_lag", "Input messages behind the high watermark after the last batch, by partition",
+            ["partition"], registry=r,
+        )
+        self.latency = LatencyRecorder()  # fed once per batch by the engine; exported at scrape time
+        r.register(_LatencyCollector(self.latency))
+        self.ready = Gauge("streamscore_ready", "1 when the process is ready (see /readyz)", registry=r)
         self.model_version = _VersionGauge(registry=r)
         self.models_refused = Counter(
             "streamscore_models_refused", "Model versions refused at load (hash, spec or input mismatch)", registry=r
@@ -57,14 +73,55 @@ class EngineMetrics:
         self.monitor = MonitorMetrics(r)
         self.last_loop = time.monotonic()
         self.health_extra: dict[str, Any] = {}
+        self.restoring: set[int] = set()  # partitions whose restore is running
+        self.model_loaded = False
+        self.stopping = False
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        """Liveness: (HTTP status, JSON body)."""
         age = time.monotonic() - self.last_loop
         assigned = int(self.assigned._value.get())  # noqa: SLF001 - prometheus has no public getter
         status = "ok" if age < STALL_AFTER_S else "stalled"
         body = {"status": status, "seconds_since_loop": round(age, 3), "assigned_partitions": assigned,
                 **self.health_extra}
         return (200 if status == "ok" else 503), body
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """Readiness: (HTTP status, JSON body with the reasons it is not ready)."""
+        assigned = int(self.assigned._value.get())  # noqa: SLF001
+        reasons = []
+        if self.stopping:
+            reasons.append("stopping")
+        if assigned == 0:
+            reasons.append("no partitions assigned")
+        if self.restoring:
+            reasons.append(f"restoring partitions {sorted(self.restoring)}")
+        if not self.model_loaded:
+            reasons.append("no champion model loaded")
+        ready = not reasons
+        self.ready.set(1 if ready else 0)
+        return (200 if ready else 503), {"ready": ready, "reasons": reasons, "assigned_partitions": assigned}
+
+
+class _LatencyCollector:
+    """``streamscore_e2e_latency_seconds``: the engine's end-to-end latency histogram (input message
+    create time -> its batch's commit), folded at scrape time from `LatencyRecorder`'s fine buckets
+    into Prometheus buckets, so recording costs nothing per event. Bucket edges are exact to the
+    recorder's resolution (1 ms below 64 ms, <= 2.2 % above)."""
+
+    BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, recorder: LatencyRecorder) -> None:
+        self._recorder = recorder
+
+    def collect(self) -> Any:
+        cumulative, total_ms = self._recorder.cumulative_at([b * 1000.0 for b in self.BUCKETS_S])
+        family = HistogramMetricFamily(
+            "streamscore_e2e_latency_seconds", "Input message create time (producer timestamp) to its batch's commit")
+        buckets = [(f"{le:g}", float(c)) for le, c in zip(self.BUCKETS_S, cumulative, strict=True)]
+        buckets.append(("+Inf", float(self._recorder.total)))
+        family.add_metric([], buckets, sum_value=total_ms / 1000.0)
+        yield family
 
 
 class MonitorMetrics:
@@ -148,8 +205,8 @@ def serve_http(metrics: EngineMetrics, port: int, host: str = "127.0.0.1") -> Th
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             if self.path == "/metrics":
                 code, body, ctype = 200, generate_latest(metrics.registry), "text/plain; version=0.0.4"
-            elif self.path == "/healthz":
-                code, payload = metrics.health()
+            elif self.path in ("/healthz", "/livez", "/readyz"):
+                code, payload = metrics.readiness() if self.path == "/readyz" else metrics.health()
                 body, ctype = orjson.dumps(payload), "application/json"
             else:
                 code, body, ctype = 404, b"not found\n", "text/plain"

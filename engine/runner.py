@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -38,7 +39,6 @@ from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
 from engine.kafka_clients import client_settings
 from engine.labels import LABEL_PREFIX
-from engine.latency import LatencyRecorder
 from engine.monitors import MONITOR_KEY, DriftMonitor, Evaluation, PartitionMonitor
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
@@ -151,7 +151,7 @@ class ScoringEngine:
         self.bootstrap = bootstrap
         self.metrics = EngineMetrics()
         self.stats = RunStats()
-        self.latency = LatencyRecorder()
+        self.latency = self.metrics.latency
         self._stop = threading.Event()
         self._eos = cfg.guarantee == "exactly_once"
         self._computer = FeatureComputer(cfg.features)
@@ -163,6 +163,7 @@ class ScoringEngine:
         self._changelog_next: dict[int, int] = {}
         self._counts = _BatchCounts()
         self._refused_seen = 0
+        self._lag_labels: set[str] = set()
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
         md = cluster_metadata(bootstrap, client=cfg.kafka)  # BrokerUnreachable, before any client retries
@@ -217,6 +218,7 @@ class ScoringEngine:
                 self.metrics.model_version.remove_variant(variant)
             else:
                 self.metrics.model_version.labels(ref["name"], variant).set(ref["version"])
+        self.metrics.model_loaded = serving["champion"].get("version") is not None
         refused = serving["champion"].get("refused_total", 0)
         self.metrics.models_refused.inc(refused - self._refused_seen)
         self._refused_seen = refused
@@ -228,7 +230,18 @@ class ScoringEngine:
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch, commit, and return."""
+        self.metrics.stopping = True
         self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """First SIGTERM/SIGINT: drain (finish the batch, commit, leave the group). A second one
+        exits at once with 128 + signum; exactly-once loses nothing (the open transaction is
+        aborted), at-least-once may repeat the batch."""
+        if self._stop.is_set():
+            log.warning("second signal %d: exiting without draining", signum)
+            os._exit(128 + signum)
+        log.info("signal %d: finishing the batch, committing and leaving the group", signum)
+        self.stop()
 
     def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None,
             max_events: int | None = None) -> RunStats:
@@ -247,7 +260,7 @@ class ScoringEngine:
         http = serve_http(self.metrics, self.cfg.metrics_port, self.cfg.metrics_host) if self.cfg.metrics_port else None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+                signal.signal(sig, self._on_signal)
         self._consumer.subscribe(
             [self.cfg.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
@@ -366,6 +379,7 @@ class ScoringEngine:
     # -- rebalancing ----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.restoring.update(tp.partition for tp in partitions)  # not ready until restored
         for tp in partitions:
             store = PartitionStore(self._state_root / f"{tp.topic}-{tp.partition}", self.cfg.rocksdb)
             result = restore(self.bootstrap, self._changelog, tp.partition, store,
@@ -373,6 +387,7 @@ class ScoringEngine:
             self.stats.restored_records += result.records
             self.metrics.restored_records.inc(result.records)
             self.metrics.restore_remaining.labels(str(tp.partition)).set(0)
+            self.metrics.restoring.discard(tp.partition)
             clock_raw, applied = store.read_meta()
             clock = PartitionClock.decode(self.cfg.features.grace_ms, clock_raw)
             part = _Partition(store, clock, applied)
@@ -398,6 +413,10 @@ class ScoringEngine:
         # so there is nothing in flight to flush here: just release the stores.
         for tp in partitions:
             part = self._partitions.pop(tp.partition, None)
+            self.metrics.restoring.discard(tp.partition)
+            if str(tp.partition) in self._lag_labels:
+                self._lag_labels.discard(str(tp.partition))
+                self.metrics.consumer_lag.remove(str(tp.partition))
             if part is not None:
                 part.store.close()
                 log.info("revoked %s[%d]", tp.topic, tp.partition)
@@ -461,6 +480,16 @@ class ScoringEngine:
         if commits and not self._eos:
             self._consumer.commit(offsets=commits, asynchronous=False)
         self._account(msgs, t0)
+        self._record_lag(commits)
+
+    def _record_lag(self, commits: list[TopicPartition]) -> None:
+        """Consumer lag per partition from the high watermark of the last fetch (no broker call)."""
+        for tp in commits:
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                label = str(tp.partition)
+                self._lag_labels.add(label)
+                self.metrics.consumer_lag.labels(label).set(max(high - tp.offset, 0))
 
     def _sweep(self, part: _Partition, states: dict[str, bytes | None], limit: int) -> None:
         """Check the next `limit` stored records and delete those that expired without being
