@@ -40,6 +40,7 @@ from engine.latency import LatencyRecorder
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
+from engine.stages import StageClock
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, ensure_topics
 from features.compute import FeatureComputer
@@ -123,6 +124,7 @@ class ScoringEngine:
         self.metrics = EngineMetrics()
         self.stats = RunStats()
         self.latency = LatencyRecorder()
+        self.stages = StageClock(self.metrics.registry)
         self._stop = threading.Event()
         self._eos = cfg.guarantee == "exactly_once"
         self._computer = FeatureComputer(cfg.features)
@@ -291,6 +293,7 @@ class ScoringEngine:
 
     def _process(self, msgs: list[Message]) -> None:
         t0 = time.perf_counter()
+        self.stages.start()
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             err = m.error()
@@ -322,6 +325,7 @@ class ScoringEngine:
                 applied = max(next_offset, part.applied or 0)
                 writes.append((partition, part, states, part.clock.encode(), applied))
                 commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
+            self.stages.skip()
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
@@ -338,12 +342,16 @@ class ScoringEngine:
                 raise
             self._abort(by_partition, clocks_before, exc)
             return
+        self.stages.lap("commit")
 
         for partition, part, states, clock, next_offset in writes:
             part.store.write(states, clock, next_offset, changelog_offset=self._changelog_next.get(partition))
             part.applied = next_offset
+        self.stages.lap("state_write")
         if commits and not self._eos:
             self._consumer.commit(offsets=commits, asynchronous=False)
+            self.stages.lap("commit")
+        self.stages.finish()
         self._account(msgs, t0)
 
     def _sweep(self, part: _Partition, states: dict[str, bytes | None], limit: int) -> None:
@@ -423,12 +431,15 @@ class ScoringEngine:
                 self._dead_letter(m, exc.reason, exc.detail)
                 continue
             sources.append(m)
+        self.stages.lap("decode")
         if not events:
             return {}
 
         entity = self.cfg.features.entity
         stored = part.store.multi_get({e[entity] for e in events})
+        self.stages.lap("state_read")
         result = process_batch(self._computer, part.clock, events, stored)
+        self.stages.lap("features")
         for i in result.late:
             self._dead_letter(
                 sources[i], LATE,
@@ -438,7 +449,9 @@ class ScoringEngine:
         if result.scored:
             scored_events = [events[i] for i in result.scored]
             scored_ts = int(time.time() * 1000)
-            for vs in self._router.score([e[entity] for e in scored_events], result.rows):
+            variants = self._router.score([e[entity] for e in scored_events], result.rows)
+            self.stages.lap("model")
+            for vs in variants:
                 evs, rows = scored_events, result.rows
                 if vs.index is not None:
                     evs, rows = [scored_events[i] for i in vs.index], result.rows[vs.index]
@@ -448,6 +461,7 @@ class ScoringEngine:
                 )
                 self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
                 self._counts.scored[vs.variant] += len(records)
+            self.stages.lap("produce")
         return result.states
 
     def _produce_changelog(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
