@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
     ap.add_argument("--engines", default="streamscore,faust,quix", help="comma list of systems to run")
     ap.add_argument("--events", type=int, default=None, help="backlog per saturation run (default 30000; full 100000)")
+    ap.add_argument("--max-drain", type=float, default=None,
+                    help="stop a saturation run this many seconds after its first score (default 20; full 120)")
     ap.add_argument("--seconds", type=float, default=None, help="length of each latency-vs-load run (default 10; full 30)")
     ap.add_argument("--loads", default=None, help="shares of saturation for the sweep (default 0.25,0.5,0.75; "
                                                    "full 0.1,0.3,0.5,0.7,0.9)")
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     events = args.events or (2_000 if args.tiny else 100_000 if args.full else 30_000)
     seconds = args.seconds or (2.0 if args.tiny else 30.0 if args.full else 10.0)
+    max_drain = args.max_drain or (10.0 if args.tiny else 120.0 if args.full else 20.0)
     loads = [float(x) for x in (args.loads or ("0.5" if args.tiny else "0.1,0.3,0.5,0.7,0.9" if args.full
                                                else "0.25,0.5,0.75")).split(",")]
     t_all = time.monotonic()
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   model_path=model_path, columns=columns, partitions=args.partitions, users=args.users,
                   seed=args.seed, quix_python=quix)
         result["environment"] = environment(env, args)
-        result["config"] = {"events": events, "seconds": seconds, "loads": loads, "engines": engines}
+        result["config"] = {"events": events, "seconds": seconds, "loads": loads, "engines": engines,
+                            "max_drain_s": max_drain}
         sat: dict[str, float] = {}
         targets = [Target("streamscore", "exactly_once"), Target("streamscore", "at_least_once")] \
             if "streamscore" in engines else []
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "quix" in engines:
             targets.append(Target("quix", "exactly_once"))
         for t in targets:
-            r = _run(env, runs, t, "saturation", events, scenario="saturation")
+            r = _run(env, runs, t, "saturation", events, scenario="saturation", max_drain_s=max_drain)
             if r and r.get("throughput"):
                 sat[t.label] = r["throughput"]
         for t in targets:

@@ -243,8 +243,10 @@ def _warm_up(env: Env, topics: dict[str, str], work: Path, reader: ScoreReader, 
 
 
 def run_once(env: Env, target: Target, mode: str, events: int, rate: float | None = None,
-             timeout_s: float = 600.0, keep: bool = False) -> dict[str, Any]:
-    """One run (see the module docstring); returns its figures. `rate` (events/s) for mode 'rate'."""
+             timeout_s: float = 600.0, keep: bool = False, max_drain_s: float | None = None) -> dict[str, Any]:
+    """One run (see the module docstring); returns its figures. `rate` (events/s) for mode 'rate'.
+    `max_drain_s` (saturation): stop measuring this long after the first score even if the backlog
+    is not drained (a slow system then reports its rate over that span, `complete` False)."""
     if mode not in ("saturation", "rate"):
         raise ValueError(f"mode must be saturation or rate, got {mode!r}")
     env.runs += 1
@@ -272,8 +274,10 @@ def run_once(env: Env, target: Target, mode: str, events: int, rate: float | Non
             done = False
             deadline = time.monotonic() + timeout_s
             while not done and time.monotonic() < deadline:
-                done = reader.wait_for(events, timeout_s=2.0)
+                done = reader.wait_for(events, timeout_s=1.0)
                 procs.check_alive()
+                if max_drain_s and reader.first_seen and time.time() - reader.first_seen > max_drain_s:
+                    break
             if mode == "rate":
                 result["load"] = _wait_load(load, work, 60)
             stages = [_scrape(p) for p in ports] if ports else []

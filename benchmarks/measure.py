@@ -115,6 +115,7 @@ class ScoreReader:
         self._index: list[np.ndarray] = []
         self._visible: list[np.ndarray] = []
         self.count = 0
+        self.first_seen: float | None = None  # wall time of the first record (after the last reset)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="score-reader", daemon=True)
@@ -135,6 +136,8 @@ class ScoreReader:
                 self._index.append(np.asarray(idx, dtype=np.int64))
                 self._visible.append(np.full(len(idx), now))
                 self.count += len(idx)
+                if self.first_seen is None and idx:
+                    self.first_seen = now
         self._consumer.close()
 
     def wait_for(self, n: int, timeout_s: float, idle_s: float | None = None) -> bool:
@@ -157,6 +160,7 @@ class ScoreReader:
         with self._lock:
             self._index, self._visible = [], []
             self.count = 0
+            self.first_seen = None
 
     def stop(self) -> tuple[np.ndarray, np.ndarray]:
         """Stop reading; returns (emission index, visible time) of every record seen."""
