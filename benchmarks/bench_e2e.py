@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "state-size scaling, restore)")
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
     ap.add_argument("--engines", default="streamscore,faust,quix", help="comma list of systems to run")
-    ap.add_argument("--events", type=int, default=None, help="backlog per saturation run (default 30000; full 100000)")
+    ap.add_argument("--events", type=int, default=None, help="backlog per saturation run (default 100000; full 200000)")
     ap.add_argument("--max-drain", type=float, default=None,
                     help="stop a saturation run this many seconds after its first score (default 20; full 120)")
     ap.add_argument("--seconds", type=float, default=None, help="length of each latency-vs-load run (default 10; full 30)")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configs)")
     args = ap.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    events = args.events or (2_000 if args.tiny else 100_000 if args.full else 30_000)
+    events = args.events or (2_000 if args.tiny else 200_000 if args.full else 100_000)
     seconds = args.seconds or (2.0 if args.tiny else 30.0 if args.full else 10.0)
     max_drain = args.max_drain or (10.0 if args.tiny else 120.0 if args.full else 20.0)
     loads = [float(x) for x in (args.loads or ("0.5" if args.tiny else "0.1,0.3,0.5,0.7,0.9" if args.full

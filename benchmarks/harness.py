@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.measure import LagSampler, ProcessSampler, ScoreReader, cdf_points, latency_account, per_second
+from benchmarks.measure import (LagSampler, ProcessSampler, ScoreReader, cdf_points, cpu_in_span, latency_account,
+                                per_second)
 from benchmarks.openloop import LoadSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def _group_ready(bootstrap: str, group: str, partitions: int, timeout_s: float, 
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         procs.check_alive()
@@ -302,7 +303,10 @@ def run_once(env: Env, target: Target, mode: str, events: int, rate: float | Non
         if stages:
             result["stages"] = stage_breakdown(stages)
         result["wall_s"] = round(time.time() - t_start, 1)
-        cpu = result["resources"].get("cpu_mean_total")
+        # CPU while the measured events flowed (first score visible .. last), not start-up or idle.
+        span0 = float(first[ok].min()) if mode == "saturation" and ok.any() else float(intended[0])
+        cpu = cpu_in_span(result["resources"], span0, float(first[ok].max())) if ok.any() else None
+        result["resources"]["cpu_in_span"] = cpu
         if cpu and result.get("throughput"):
             result["events_per_cpu_s"] = round(result["throughput"] / cpu, 1)
         result["state_disk_mb"] = round(sum(_du(p) for p in work.glob("state*")) / 1e6, 2)

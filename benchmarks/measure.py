@@ -252,6 +252,18 @@ class ProcessSampler:
         return out
 
 
+def cpu_in_span(resources: dict[str, Any], t0: float, t1: float) -> float | None:
+    """Mean CPU (cores, all sampled processes) over samples taken within [t0, t1] (epoch s):
+    the measured span only, without start-up and idle tail."""
+    total, any_sample = 0.0, False
+    for p in resources.get("processes", {}).values():
+        xs = [c for t, c in zip(p["t"], p["cpu"]) if t0 <= t <= t1]
+        if xs:
+            total += float(np.mean(xs))
+            any_sample = True
+    return round(total, 3) if any_sample else None
+
+
 class LagSampler:
     """Consumer lag of `group` on `topic` (sum over partitions of end offset - committed offset)."""
 

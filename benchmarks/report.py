@@ -42,7 +42,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{env.get('users', 0):,} users; {result.get('duration_s', 0):.0f} s in all.",
         "",
         "| system | scenario | offered ev/s | throughput ev/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-        "| CPU (cores) | RSS MB | ev per CPU-s | answered |",
+        "| CPU (cores, measured span) | RSS MB | ev per CPU-s | answered |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
@@ -57,7 +57,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['label']} | {r.get('scenario', '')} | {offered if isinstance(offered, str) else _f(offered, 0)} "
             f"| {_f(r.get('throughput'), 0)} | {_f(lat.get('p50'))} | {_f(lat.get('p90'))} | {_f(lat.get('p99'))} "
-            f"| {_f(lat.get('p99.9'))} | {_f(lat.get('max'))} | {_f(res.get('cpu_mean_total'), 2)} "
+            f"| {_f(lat.get('p99.9'))} | {_f(lat.get('max'))} | {_f(res.get('cpu_in_span'), 2)} "
             f"| {_f(res.get('rss_max_mb_total'), 0)} | {_f(r.get('events_per_cpu_s'), 0)} "
             f"| {r.get('answered', 0):,}/{r['events']:,}{dup} |")
     rs = ratios(result)
