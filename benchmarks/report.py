@@ -81,61 +81,58 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str | None = None) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0]:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     rate_runs = [r for r in result["runs"] if r.get("mode") == "rate" and r.get("latency_cdf")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rate_runs:
-        xs = [p[0] for p in r["latency_cdf"]]
-        ys = [p[1] for p in r["latency_cdf"]]
-        ax.plot(xs, ys, label=f"{r['label']} @ {r['target_rate']:,.0f}/s")
+        ax.plot([p[0] for p in r["latency_cdf"]], [p[1] for p in r["latency_cdf"]],
+                label=f"{r['label']} @ {r['target_rate']:,.0f}/s")
     ax.set_xscale("log")
-    ax.set_xlabel("end-to-end latency (ms, produce schedule -> score visible, read_committed)")
-    ax.set_ylabel("fraction of events")
-    ax.set_title("Latency CDF")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "latency_cdf.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written = [_save(fig, ax, out / "latency_cdf.png", "Latency CDF",
+                     "end-to-end latency (ms, produce schedule -> score visible, read_committed)",
+                     "fraction of events")]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_label: dict[str, list[dict[str, Any]]] = {}
     for r in rate_runs:
         by_label.setdefault(r["label"], []).append(r)
-    for label, rs in by_label.items():
+    for i, (label, rs) in enumerate(by_label.items()):
         rs.sort(key=lambda r: r["target_rate"])
-        x = [r["target_rate"] for r in rs]
-        for q, style in (("p50", "--"), ("p99", "-")):
-            ax.plot(x, [r["latency_ms"][q] for r in rs], style, marker="o", label=f"{label} {q}")
+        for q, style in (("p50", "--"), ("p99", "-")):  # one colour per system: p50 dashed, p99 solid
+            ax.plot([r["target_rate"] for r in rs], [r["latency_ms"][q] for r in rs], style, marker="o",
+                    color=f"C{i}", label=f"{label} {q}")
     ax.set_yscale("log")
-    ax.set_xlabel("offered load (events/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("Latency vs load")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "latency_vs_load.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, ax, out / "latency_vs_load.png", "Latency vs load", "offered load (events/s)",
+                         "latency (ms)"))
 
     sat = saturation(result)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.barh(list(sat), list(sat.values()), color="#4477aa")
     for i, v in enumerate(sat.values()):
         ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
-    ax.set_xlabel("saturation throughput (events/s, backlog drained)")
-    ax.set_title("Throughput per engine (same broker, model, workload)")
-    fig.tight_layout()
-    written.append(out / "throughput.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, ax, out / "throughput.png", "Throughput per engine (same broker, model, workload)",
+                         "saturation throughput (events/s, backlog drained)"))
     return written
 
 
