@@ -43,6 +43,7 @@ from engine.monitors import MONITOR_KEY, DriftMonitor, Evaluation, PartitionMoni
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
+from engine.stages import StageClock
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, cluster_metadata, ensure_topics
 from features.compute import FeatureComputer
@@ -152,6 +153,7 @@ class ScoringEngine:
         self.metrics = EngineMetrics()
         self.stats = RunStats()
         self.latency = self.metrics.latency
+        self.stages = StageClock(self.metrics.registry)
         self._stop = threading.Event()
         self._eos = cfg.guarantee == "exactly_once"
         self._computer = FeatureComputer(cfg.features)
@@ -426,6 +428,7 @@ class ScoringEngine:
 
     def _process(self, msgs: list[Message]) -> None:
         t0 = time.perf_counter()
+        self.stages.start()
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             err = m.error()
@@ -457,6 +460,7 @@ class ScoringEngine:
                 applied = max(next_offset, part.applied or 0)
                 writes.append((partition, part, states, part.clock.encode(), applied))
                 commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
+            self.stages.skip()
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
@@ -473,12 +477,16 @@ class ScoringEngine:
                 raise
             self._abort(by_partition, clocks_before, exc)
             return
+        self.stages.lap("commit")
 
         for partition, part, states, clock, next_offset in writes:
             part.store.write(states, clock, next_offset, changelog_offset=self._changelog_next.get(partition))
             part.applied = next_offset
+        self.stages.lap("state_write")
         if commits and not self._eos:
             self._consumer.commit(offsets=commits, asynchronous=False)
+            self.stages.lap("commit")
+        self.stages.finish()
         self._account(msgs, t0)
         self._record_lag(commits)
 
@@ -580,6 +588,7 @@ class ScoringEngine:
                 self._dead_letter(m, exc.reason, exc.detail)
                 continue
             sources.append(m)
+        self.stages.lap("decode")
         if not events:
             return {}
 
@@ -588,7 +597,9 @@ class ScoringEngine:
         if self._monitor is not None:
             keys.update(self._monitor.label_keys(list(keys)))
         stored = part.store.multi_get(keys)  # one multi-get: feature states and label records
+        self.stages.lap("state_read")
         result = process_batch(self._computer, part.clock, events, stored)
+        self.stages.lap("features")
         for i in result.late:
             self._dead_letter(
                 sources[i], LATE,
@@ -599,7 +610,9 @@ class ScoringEngine:
             scored_events = [events[i] for i in result.scored]
             scored_ts = int(time.time() * 1000)
             champion = np.full(len(scored_events), np.nan, dtype=np.float64)
-            for vs in self._router.score([e[entity] for e in scored_events], result.rows):
+            variants = self._router.score([e[entity] for e in scored_events], result.rows)
+            self.stages.lap("model")
+            for vs in variants:
                 if vs.variant == "champion":
                     champion[slice(None) if vs.index is None else vs.index] = vs.scores
                 evs, rows = scored_events, result.rows
@@ -611,9 +624,11 @@ class ScoringEngine:
                 )
                 self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
                 self._counts.scored[vs.variant] += len(records)
+            self.stages.lap("produce")
             if self._monitor is not None and part.monitor is not None:
                 self._observe(part, msgs[0].partition(), scored_events, result.rows, champion, stored,
                               result.states)
+            self.stages.lap("monitor")
         return result.states
 
     def _observe(self, part: _Partition, partition: int, events: list[dict[str, Any]], rows: np.ndarray,
