@@ -5,7 +5,10 @@
 1. check the trigger against the running feature spec (a trigger for another spec is an error);
 2. dedupe: if a version whose lineage carries the trigger's idempotency key exists, nothing is
    trained (decision ``duplicate``); if that version was left undecided by a crash between
-   registration and decision, the decision is taken now from its recorded metrics;
+   registration and decision, the decision is taken now from its recorded metrics. A trigger
+   about a model version that is no longer the one `alias` serves (it was replaced since, e.g.
+   by the retraining another partition's trigger started) trains nothing either (decision
+   ``stale``): the replacement is watched by the monitors afresh;
 3. load the history for the trigger's window through `load_history` (the input topic via
    `engine.history`, or a log file): by default everything retained before the window's end, or
    from ``start - policy.warmup_ms`` (see `RetrainPolicy.warmup_ms` for what that trades away);
@@ -40,7 +43,7 @@ from models.training_run import train_and_register
 from models.trigger import RetrainTrigger
 
 OUTCOME_SCHEMA_VERSION = 1
-DECISIONS = ("promoted", "rejected", "registered", "duplicate", "failed")
+DECISIONS = ("promoted", "rejected", "registered", "duplicate", "stale", "failed")
 DEFAULT_ACTOR = "retrain-worker"
 
 
@@ -210,6 +213,13 @@ def retrain(
         return _resume(registry, name, existing, policy, alias, actor, base, say, t0)
 
     champion = _champion(registry, name, alias)
+    watched = trigger.model.get("version")
+    if watched is not None and champion is not None and champion.version != watched:
+        reason = (f"the trigger is about v{watched}, but {alias} is v{champion.version} now; the monitors watch "
+                  "the new version afresh, so nothing is retrained")
+        say(f"[retrain] stale trigger {trigger.trigger_id}: {reason}")
+        return RetrainOutcome(decision="stale", reason=reason, champion_before=champion.version,
+                              champion_after=champion.version, seconds=time.perf_counter() - t0, **base)
     label = (LabelDefinition.from_dict(champion.manifest.training.label) if champion is not None
              else LabelDefinition(horizon_ms=policy.horizon_ms))
     warmup = policy.warmup_ms

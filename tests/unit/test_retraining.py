@@ -208,3 +208,18 @@ def test_the_served_alias_is_the_one_compared_and_taken_over(reg: Registry, even
     assert out.decision == "promoted" and out.champion_before == 1
     assert reg.aliases("purchase") == {"champion": 1, "live": out.version}
     assert reg.resolve("purchase", out.version).manifest.metrics["champion"]["alias"] == "live"
+
+
+def test_a_trigger_about_a_replaced_version_is_stale(reg: Registry, events) -> None:  # type: ignore[no-untyped-def]
+    """Each partition's monitor may report the same drift of v1; once the first trigger's run
+    replaced v1, the others train nothing."""
+    window = post_drift_window(events)
+    first = retrain(window_trigger(window, key="p0"), _loader(events), SPEC, reg, LENIENT, log=None)
+    calls: list[tuple[int, int]] = []
+    second = retrain(window_trigger(window, key="p1", version=1), _loader(events, calls), SPEC, reg, LENIENT,
+                     log=None)
+    assert first.decision == "promoted" and first.version == 2
+    assert second.decision == "stale" and "about v1, but champion is v2" in second.reason and calls == []
+    assert second.champion_after == 2 and reg.versions("purchase") == [1, 2]
+    fresh = retrain(window_trigger(window, key="p2", version=None), _loader(events), SPEC, reg, LENIENT, log=None)
+    assert fresh.decision != "stale", "a trigger naming no version (a schedule) is not stale"
