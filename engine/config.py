@@ -266,9 +266,6 @@ class EngineConfig:
         need(problem is None, str(problem))
         need(self.monitor.trigger_topic not in topics,
              f"monitor.trigger_topic must differ from the input, scores and dlq topics, got {self.monitor.trigger_topic!r}")
-        need(self.monitor.trigger_topic == self.retrain.trigger_topic,
-             f"monitor.trigger_topic ({self.monitor.trigger_topic!r}) and retrain.trigger_topic "
-             f"({self.retrain.trigger_topic!r}) must name the same topic: monitors publish where the worker reads")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
         unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)

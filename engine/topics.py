@@ -69,8 +69,9 @@ def cluster_metadata(bootstrap: str, timeout: float | None = None,
     settings reach the probe too). The probe client logs nothing itself: an unreachable cluster is
     reported once, by the exception, not by librdkafka's retry lines."""
     wait = connect_timeout_s() if timeout is None else timeout
+    admin = AdminClient(client_settings(bootstrap, client, required={"log_level": 0}))  # bad settings raise here
     try:
-        return AdminClient(client_settings(bootstrap, client, required={"log_level": 0})).list_topics(timeout=wait)
+        return admin.list_topics(timeout=wait)
     except KafkaException as exc:
         raise BrokerUnreachable(
             f"cannot reach Kafka at {bootstrap} within {wait:g} s ({_reason(exc)}): start it with `streamscore "
