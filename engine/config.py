@@ -51,6 +51,28 @@ class RocksDBConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """The queryable-state HTTP endpoint (engine/query.py, docs/query.md). ``port`` 0: off."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    advertised: str | None = None  # host:port clients and other processes use; default host:port
+    proxy: bool = False  # fetch a non-local entity from its owner once instead of redirecting
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ConfigError(f"query.port must be a port number or 0 (off), got {self.port!r}")
+        if not (isinstance(self.host, str) and self.host):
+            raise ConfigError(f"query.host must be an address to bind, got {self.host!r}")
+        if self.advertised is not None:
+            host, _, port = str(self.advertised).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ConfigError(f"query.advertised must be host:port, got {self.advertised!r}")
+        if not isinstance(self.proxy, bool):
+            raise ConfigError(f"query.proxy must be true or false, got {self.proxy!r}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -78,6 +100,7 @@ class EngineConfig:
             changes; a new version is loaded verified and swapped in (docs/models.md).
         shadow: also score every row with the `challenger` alias, if any (extra records with
             variant "challenger", never the answer).
+        query: the queryable-state endpoint (`QueryConfig`; docs/query.md).
         canary_share: fraction of entities (stable hash) answered by the `canary` alias, if any;
             0 disables the canary.
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
@@ -111,6 +134,7 @@ class EngineConfig:
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -181,6 +205,8 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
                     kwargs[key] = FeatureSpec.from_dict(value)
             elif key == "rocksdb":
                 kwargs[key] = value if isinstance(value, RocksDBConfig) else RocksDBConfig(**value)
+            elif key == "query":
+                kwargs[key] = value if isinstance(value, QueryConfig) else QueryConfig(**value)
             else:
                 kwargs[key] = value
     except ConfigError:

@@ -38,6 +38,7 @@ from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
 from engine.latency import LatencyRecorder
 from engine.observability import EngineMetrics, serve_http
+from engine.query import QueryServer, client_id, drop_serving_of_deleted, serving_records
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
 from engine.store import PartitionStore
@@ -145,6 +146,8 @@ class ScoringEngine:
         if self._eos:
             producer_conf["transactional.id"] = self._transactional_id()
             producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
+        self._query = QueryServer(cfg.query, bootstrap, cfg.group_id, cfg.input_topic, self._computer.names,
+                                  cfg.features.hash, cfg.features.grace_ms, self.metrics.registry) if cfg.query.port else None
         self._producer = Producer(producer_conf)
         self._prepare_topics()
         if self._eos:
@@ -161,6 +164,7 @@ class ScoringEngine:
             "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5),
             "enable.partition.eof": False,
             "fetch.wait.max.ms": max(1, min(cfg.batch_wait_ms, 100)),
+            **({"client.id": client_id(cfg.query)} if self._query else {}),  # advertises the query address
         })
         self._publish_models()
 
@@ -205,6 +209,8 @@ class ScoringEngine:
         """Process until stopped, `max_seconds` elapsed, `max_events` consumed, or no input for
         `idle_exit_s` (counted from the start until the first message). Always closes cleanly."""
         http = serve_http(self.metrics, self.cfg.metrics_port, self.cfg.metrics_host) if self.cfg.metrics_port else None
+        if self._query:
+            self._query.start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
@@ -235,6 +241,8 @@ class ScoringEngine:
         finally:
             self.stats.seconds = time.monotonic() - start
             self.stats.latency_ms = self.latency.summary()
+            if self._query:
+                self._query.shutdown()  # detaches every store before _close closes them
             self._close()
             if http:
                 http.shutdown()
@@ -264,6 +272,8 @@ class ScoringEngine:
             clock = PartitionClock.decode(self.cfg.features.grace_ms, clock_raw)
             self._partitions[tp.partition] = _Partition(store, clock, applied)
             self._changelog_next[tp.partition] = result.next_offset
+            if self._query:
+                self._query.attach(tp.partition, store)
             log.info("assigned %s[%d]: restored %d changelog records in %.2f s; state reflects offsets < %s",
                      tp.topic, tp.partition, result.records, result.seconds, applied)
         self.metrics.assigned.set(len(self._partitions))
@@ -282,6 +292,8 @@ class ScoringEngine:
         # so there is nothing in flight to flush here: just release the stores.
         for tp in partitions:
             part = self._partitions.pop(tp.partition, None)
+            if self._query:
+                self._query.detach(tp.partition)
             if part is not None:
                 part.store.close()
                 log.info("revoked %s[%d]", tp.topic, tp.partition)
@@ -317,6 +329,8 @@ class ScoringEngine:
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
                     self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
+                if self._query:
+                    drop_serving_of_deleted(states)
                 # The store's applied mark never moves back: a batch of redelivered messages that
                 # were all skipped (below the mark) must not lower it, or the rest are re-applied.
                 applied = max(next_offset, part.applied or 0)
@@ -447,6 +461,8 @@ class ScoringEngine:
                     scored_ts, rows if self.cfg.include_features else None, self._computer.names,
                 )
                 self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
+                if self._query and vs.variant != "challenger":  # the answer, in the batch's WriteBatch + changelog
+                    result.states.update(serving_records(evs, vs.scores, rows, entity, vs.model, vs.variant, scored_ts))
                 self._counts.scored[vs.variant] += len(records)
         return result.states
 
