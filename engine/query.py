@@ -46,13 +46,13 @@ or the table says "here" but the partition is not local), and when older than
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -78,6 +78,8 @@ OWNERS_MAX_AGE_S = 10.0
 OWNERS_MIN_INTERVAL_S = 0.2
 PROXIED_HEADER = "X-Streamscore-Proxied"
 PROXY_TIMEOUT_S = 2.0
+#: Longest request head (request line + headers) accepted; longer answers 431.
+MAX_HEAD_BYTES = 16_384
 
 
 # -- serving records (written by the scoring loop) -------------------------------------------------
@@ -142,9 +144,14 @@ class OwnerDirectory:
 
     @property
     def partitions(self) -> int:
-        """Partition count of the input topic (read with the owner table)."""
+        """Partition count of the input topic (read with the owner table; 0: unknown yet)."""
         if self._partitions == 0:
             self.refresh()
+        return self._partitions
+
+    @property
+    def known_partitions(self) -> int:
+        """`partitions` as last read, without a round trip (0: not read yet)."""
         return self._partitions
 
     def owner(self, partition: int, miss: bool = False) -> str | None:
@@ -184,17 +191,22 @@ class OwnerDirectory:
             self._owners = owners
             self.refreshes += 1
 
-    def close(self) -> None:
-        self._admin = None  # type: ignore[assignment]
 
 
 # -- the server -------------------------------------------------------------------------------
 
+Answer = tuple[int, dict[str, Any], dict[str, str]]  # HTTP status, JSON body, extra headers
+
+
 class QueryServer:
     """The query endpoint of one engine process.
 
-    The scoring loop calls `attach` when it owns a partition's (restored) store and `detach`
-    before it closes it; queries only ever read attached stores, under `_lock`.
+    One asyncio event loop on its own thread serves every connection (HTTP/1.1 keep-alive), so
+    however many clients there are, queries compete with the scoring loop for the GIL from one
+    thread. Local answers are computed on the loop thread (a multi-get and a JSON encode);
+    anything that may wait on the network (an owner-table refresh, a proxied request) runs on
+    the loop's executor. The scoring loop calls `attach` when it owns a partition's (restored)
+    store and `detach` before it closes it; queries only read attached stores, under `_lock`.
     """
 
     def __init__(self, cfg: QueryConfig, bootstrap: str, group_id: str, topic: str, feature_names: Sequence[str],
@@ -208,7 +220,11 @@ class QueryServer:
         self.owners = owners or OwnerDirectory(bootstrap, group_id, topic)
         self._stores: dict[int, PartitionStore] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._port = cfg.port
+        self._connections: set[asyncio.StreamWriter] = set()
+        self.closing = False
         self.requests = Counter("streamscore_queries", "Entity queries answered, by HTTP status", ["code"],
                                 registry=registry)
         self.seconds = Histogram("streamscore_query_seconds", "Wall time of answering one entity query",
@@ -234,40 +250,106 @@ class QueryServer:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind and serve on a daemon thread (the bound port is `port`; useful with port 0)."""
-        server = ThreadingHTTPServer((self.cfg.host, self.cfg.port), _handler(self))
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="streamscore-query", daemon=True).start()
-        log.info("query endpoint on %s:%d, advertised as %s", self.cfg.host, self.port, self.address)
+        """Bind (raises OSError if the address is taken) and serve on a daemon thread."""
+        loop = asyncio.new_event_loop()
+        bound: list[Any] = []
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                server = loop.run_until_complete(asyncio.start_server(
+                    self._serve, self.cfg.host, self.cfg.port, limit=MAX_HEAD_BYTES))
+            except OSError as exc:
+                bound.append(exc)
+                ready.set()
+                return
+            bound.append(server)
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                server.close()
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="streamscore-query", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if isinstance(bound[0], OSError):
+            raise bound[0]
+        self._loop = loop
+        self._port = bound[0].sockets[0].getsockname()[1]
+        log.info("query endpoint on %s:%d, advertised as %s", self.cfg.host, self._port, self.address)
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1] if self._server else self.cfg.port
+        """The bound port (the configured one, or the OS's pick for port 0 in tests)."""
+        return self._port
 
     def shutdown(self) -> None:
-        """Stop serving and detach every store (queries in flight finish or find none)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop serving, close every connection, detach every store."""
+        self.closing = True
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            def stop() -> None:
+                for writer in list(self._connections):
+                    writer.close()
+                loop.stop()
+
+            loop.call_soon_threadsafe(stop)
+            assert self._thread is not None
+            self._thread.join(10)
         with self._lock:
             self._stores.clear()
-        self.owners.close()
 
     # -- answering ------------------------------------------------------------------------------
 
-    def lookup(self, entity: str, proxied: bool = False) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """(HTTP status, JSON body, extra headers) of ``GET /entities/<entity>``."""
+    def lookup(self, entity: str, proxied: bool = False) -> Answer:
+        """The answer of ``GET /entities/<entity>`` (blocking; the server splits it in two)."""
+        answer, partition = self._lookup_local(entity)
+        return answer if answer is not None else self._lookup_remote(entity, partition, proxied)
+
+    def _lookup_local(self, entity: str) -> tuple[Answer | None, int]:
+        """The answer if the entity's partition is local (or the request is bad), else (None,
+        partition); partition -1 when the partition count is not known yet."""
         if not entity:
-            return 400, {"error": "bad_request", "detail": "empty entity"}, {}
-        n = self.owners.partitions
+            return (400, {"error": "bad_request", "detail": "empty entity"}, {}), -1
+        n = self.owners.known_partitions
         if n == 0:
-            return 503, {"error": "no_topic", "detail": "input topic metadata unavailable"}, {"Retry-After": "1"}
+            return None, -1
         partition = kafka_partition(entity, n)
-        local = self._read(partition, entity)
-        if local is not None:
-            return local
+        with self._lock:
+            store = self._stores.get(partition)
+            if store is None:
+                return None, partition
+            serving, clock, applied = store.read_consistent(
+                ((SERVING_PREFIX + entity).encode(), CLOCK_KEY, APPLIED_KEY))
+        where = {"entity": entity, "partition": partition, "owner": self.address}
+        if serving is None:
+            return (404, {"error": "unknown_entity", "detail": "no score for this entity in its partition's store",
+                          **where}, {}), partition
+        rec = orjson.loads(serving)
+        max_ts = int(clock) if clock else None
+        score = {k: rec[k] for k in ("score", "model", "variant", "event_id", "event_ts", "scored_ts")}
+        return (200, {
+            **where,
+            "feature_spec": self.feature_spec,
+            "features": dict(zip(self.names, rec["row"])),
+            "score": score,
+            "partition_clock": {"max_event_ts": max_ts,
+                                "watermark": None if max_ts is None else max_ts - self.grace_ms},
+            "applied_offset": int(applied) if applied is not None else None,
+        }, {}), partition
+
+    def _lookup_remote(self, entity: str, partition: int, proxied: bool) -> Answer:
+        """Redirect (or proxy) to the owner of `partition`; may block on the network."""
+        if partition < 0:
+            if self.owners.partitions == 0:
+                return 503, {"error": "no_topic", "detail": "input topic metadata unavailable"}, {"Retry-After": "1"}
+            answer, partition = self._lookup_local(entity)
+            if answer is not None:
+                return answer
         owner = self.owners.owner(partition)
         if owner == self.address:  # the table says "here", the store says otherwise: stale
             owner = self.owners.owner(partition, miss=True)
@@ -281,36 +363,80 @@ class QueryServer:
                 return answer
         return 307, {"error": "not_local", **where}, {"Location": f"http://{owner}/entities/{quote(entity, safe='')}"}
 
-    def _read(self, partition: int, entity: str) -> tuple[int, dict[str, Any], dict[str, str]] | None:
-        with self._lock:
-            store = self._stores.get(partition)
-            if store is None:
-                return None
-            serving, clock, applied = store.read_consistent(((SERVING_PREFIX + entity).encode(), CLOCK_KEY, APPLIED_KEY))
-        where = {"entity": entity, "partition": partition, "owner": self.address}
-        if serving is None:
-            return 404, {"error": "unknown_entity", "detail": "no score for this entity in its partition's store",
-                         **where}, {}
-        rec = orjson.loads(serving)
-        max_ts = int(clock) if clock else None
-        score = {k: rec[k] for k in ("score", "model", "variant", "event_id", "event_ts", "scored_ts")}
-        return 200, {
-            **where,
-            "feature_spec": self.feature_spec,
-            "features": dict(zip(self.names, rec["row"])),
-            "score": score,
-            "partition_clock": {"max_event_ts": max_ts,
-                                "watermark": None if max_ts is None else max_ts - self.grace_ms},
-            "applied_offset": int(applied) if applied is not None else None,
-        }, {}
-
     def partitions_body(self) -> dict[str, Any]:
         self.owners.owner(-1)  # refresh if due
         return {"address": self.address, "partitions": self.owners.partitions, "local": self.local_partitions(),
                 "owners": {str(p): a for p, a in sorted(self.owners.table().items())}}
 
+    # -- HTTP -----------------------------------------------------------------------------------
 
-def _fetch(owner: str, entity: str) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests in order, one response each (one write: head and body)."""
+        self._connections.add(writer)
+        try:
+            while not self.closing:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.LimitOverrunError:
+                    writer.write(_response(431, {"error": "headers_too_large"}, {}, close=True))
+                    break
+                t0 = time.perf_counter()
+                code, body, headers, close = await self._request(head)
+                writer.write(_response(code, body, headers, close))
+                self.requests.labels(str(code)).inc()
+                self.seconds.observe(time.perf_counter() - t0)
+                if close:
+                    break
+                if writer.transport.get_write_buffer_size() > 65_536:
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _request(self, head: bytes) -> tuple[int, dict[str, Any], dict[str, str], bool]:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            return 400, {"error": "bad_request", "detail": "malformed request line"}, {}, True
+        method, target, version = parts
+        fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+        connection = fields.get("connection", "").lower()
+        close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
+        if "content-length" in fields or "transfer-encoding" in fields:
+            return 400, {"error": "bad_request", "detail": "requests carry no body"}, {}, True
+        if method != "GET":
+            return 405, {"error": "method_not_allowed", "detail": "GET only"}, {"Allow": "GET"}, close
+        path = target.split("?", 1)[0]
+        loop = asyncio.get_running_loop()
+        if path.startswith("/entities/"):
+            entity = unquote(path[len("/entities/"):])
+            answer, partition = self._lookup_local(entity)
+            if answer is None:
+                answer = await loop.run_in_executor(None, self._lookup_remote, entity, partition,
+                                                    PROXIED_HEADER.lower() in fields)
+            return (*answer, close)
+        if path == "/partitions":
+            return 200, await loop.run_in_executor(None, self.partitions_body), {}, close
+        return 404, {"error": "not_found", "detail": "GET /entities/<entity> or /partitions"}, {}, close
+
+
+_REASONS = {200: "OK", 307: "Temporary Redirect", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _response(code: int, body: dict[str, Any], headers: Mapping[str, str], close: bool) -> bytes:
+    payload = orjson.dumps(body)
+    head = [f"HTTP/1.1 {code} {_REASONS.get(code, '')}", "Content-Type: application/json",
+            f"Content-Length: {len(payload)}"]
+    head.extend(f"{k}: {v}" for k, v in headers.items())
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+def _fetch(owner: str, entity: str) -> Answer | None:
     """The owner's answer (proxy mode), or None if it cannot be reached (then redirect)."""
     host, _, port = owner.rpartition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=PROXY_TIMEOUT_S)
@@ -325,35 +451,3 @@ def _fetch(owner: str, entity: str) -> tuple[int, dict[str, Any], dict[str, str]
         return None
     finally:
         conn.close()
-
-
-def _handler(server: QueryServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            t0 = time.perf_counter()
-            path = self.path.split("?", 1)[0]
-            headers: dict[str, str] = {}
-            if path.startswith("/entities/"):
-                code, body, headers = server.lookup(unquote(path[len("/entities/"):]),
-                                                    proxied=self.headers.get(PROXIED_HEADER) is not None)
-            elif path == "/partitions":
-                code, body = 200, server.partitions_body()
-            else:
-                code, body = 404, {"error": "not_found", "detail": "GET /entities/<entity> or /partitions"}
-            payload = orjson.dumps(body)
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-            server.requests.labels(str(code)).inc()
-            server.seconds.observe(time.perf_counter() - t0)
-
-        def log_message(self, *args: Any) -> None:  # no per-request logging
-            pass
-
-    return Handler

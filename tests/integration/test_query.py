@@ -57,6 +57,14 @@ def get(address: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         conn.close()
 
 
+def local_partitions(address: str) -> list[int] | None:
+    """The partitions a process serves locally (None while it is not listening yet)."""
+    try:
+        return get(address, "/partitions")[1]["local"]
+    except OSError:
+        return None
+
+
 def entity_path(entity: str) -> str:
     return f"/entities/{quote(entity, safe='')}"
 
@@ -125,7 +133,7 @@ def test_endpoint_answers_the_vector_the_last_event_was_scored_with(
     cfg2 = dataclasses.replace(cfg, state_dir=tmp_path / "wiped", query=QueryConfig(port=port2))
     with running_engine(cfg2, kafka_bootstrap) as engine:
         address2 = f"127.0.0.1:{port2}"
-        wait_until(lambda: get(address2, "/partitions")[1]["local"] == list(range(PARTITIONS)), 60,
+        wait_until(lambda: local_partitions(address2) == list(range(PARTITIONS)), 60,
                    "the restarted process to own every partition")
         assert engine.stats.restored_records > 0
         assert_answers_match(address2, expected)
@@ -153,11 +161,7 @@ def test_wrong_process_redirects_to_the_owner(kafka_bootstrap: str, make_topic, 
         b = procs.start(config("b", proxy=True), "b")
 
         def split() -> tuple[set[int], set[int]] | None:
-            try:
-                la = set(get(addr["a"], "/partitions")[1]["local"])
-                lb = set(get(addr["b"], "/partitions")[1]["local"])
-            except OSError:  # not listening yet
-                return None
+            la, lb = set(local_partitions(addr["a"]) or ()), set(local_partitions(addr["b"]) or ())
             ok = la and lb and not la & lb and la | lb == set(range(PARTITIONS))
             return (la, lb) if ok else None
 
