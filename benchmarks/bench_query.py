@@ -18,10 +18,11 @@ in each of four modes:
 Clients run in a separate process (one thread per client, one keep-alive connection each) so
 their own Python work does not share the engine's GIL; they query random entities of the
 backlog from the engine's first committed batch until it has consumed everything (entities not
-scored yet answer 404; counted apart). Reported per mode, medians over repeats: the engine's
-steady events/s (first to last committed batch) and its ratio to ``off``, per-batch wall time
-p50/p99 (does the loop wait for queries?), query latency p50/p99/max and queries/s, and the
-status mix. The machine is shared and has 2 cores for the broker, the engine and the clients:
+scored yet answer 404; counted apart; status 0 counts connections the stopping engine closed).
+Reported per mode, medians over repeats: the engine's steady events/s (first to last committed
+batch) and its ratio to ``off``, the engine process's CPU per event (the loop, librdkafka and the
+query thread), per-batch wall time p50/p99 (does the loop wait for queries?), query latency
+p50/p99/max and queries/s, and the status mix. The machine is shared and has 2 cores for the broker, the engine and the clients:
 compare ratios within a run, not absolute figures across runs.
 """
 
@@ -78,10 +79,11 @@ def rnd(x: float | None, nd: int = 1) -> float | None:
 
 # -- clients (a separate process) ----------------------------------------------------------------
 
-def client_process(port: int, entities: list[str], clients: int, rate: float, seed: int, start: Any, stop: Any,
-                   out: Any) -> None:
+def client_process(port: int, entities: list[str], clients: int, rate: float, seed: int, ready: Any, start: Any,
+                   stop: Any, out: Any) -> None:
     """`clients` threads query random `entities` from `start` until `stop`; `rate` > 0 paces them
-    (queries/s in total), 0 runs them back to back. Puts a summary on `out`."""
+    (queries/s in total), 0 runs them back to back. Sets `ready` once running (the spawned
+    interpreter's imports must not overlap the measurement). Puts a summary on `out`."""
     lat_us: list[list[float]] = [[] for _ in range(clients)]
     codes: list[Counter[int]] = [Counter() for _ in range(clients)]
     interval = clients / rate if rate > 0 else 0.0
@@ -99,9 +101,14 @@ def client_process(port: int, entities: list[str], clients: int, rate: float, se
                 next_at += interval
             entity = rng.choice(entities)
             t0 = time.perf_counter()
-            conn.request("GET", f"/entities/{entity}")
-            resp = conn.getresponse()
-            resp.read()
+            try:
+                conn.request("GET", f"/entities/{entity}")
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()  # the engine closed it (it stops at the end of the backlog): reconnect
+                codes[i][0] += 1  # status 0: connection error
+                continue
             lat_us[i].append((time.perf_counter() - t0) * 1e6)
             codes[i][resp.status] += 1
         conn.close()
@@ -109,6 +116,7 @@ def client_process(port: int, entities: list[str], clients: int, rate: float, se
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
+    ready.set()
     start.wait()
     t0 = time.monotonic()
     for t in threads:
@@ -142,13 +150,15 @@ def run_mode(mode: str, bootstrap: str, topics: dict[str, str], registry: Path, 
 
     engine._process = timed  # type: ignore[method-assign]  # noqa: SLF001
     ctx = mp.get_context("spawn")
-    start, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    ready, start, stop, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
     client = None
     if mode in ("paced", "closed"):
         client = ctx.Process(target=client_process, args=(port, entities, args.clients,
-                                                          args.rate if mode == "paced" else 0.0, args.seed, start,
-                                                          stop, out), daemon=True)
+                                                          args.rate if mode == "paced" else 0.0, args.seed, ready,
+                                                          start, stop, out), daemon=True)
         client.start()
+        if not ready.wait(120):
+            raise RuntimeError("the query clients did not start")
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -164,8 +174,11 @@ def run_mode(mode: str, bootstrap: str, topics: dict[str, str], registry: Path, 
     while not batches and not done.is_set():
         time.sleep(0.01)  # the first committed batch starts the clients
     start.set()
-    done.wait()
+    while not done.wait(0.005):  # polling, not synchronisation: stop the clients with the backlog
+        if engine.stats.consumed >= n:
+            break
     stop.set()
+    done.wait()
     thread.join()
     cpu = time.process_time() - cpu0
     queries = out.get(timeout=60) if client is not None else None
@@ -178,6 +191,7 @@ def run_mode(mode: str, bootstrap: str, topics: dict[str, str], registry: Path, 
         "mode": mode, "tag": tag, "consumed": stats.consumed, "scored": stats.scored, "batches": len(batches),
         "events_per_s_steady": rnd(stats.consumed / steady), "steady_s": rnd(steady, 2),
         "engine_process_cpu_s": rnd(cpu, 2),
+        "engine_cpu_us_per_event": rnd(1e6 * cpu / max(stats.consumed, 1), 2),
         "batch_ms": {"p50": rnd(pct(batch_ms, 50), 2), "p99": rnd(pct(batch_ms, 99), 2),
                      "max": rnd(max(batch_ms), 2)},
         "queries": queries,
@@ -197,6 +211,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "events_per_s_steady": rnd(eps), "vs_off": rnd(eps / base, 3),
             "batch_ms_p50": rnd(med([r["batch_ms"]["p50"] for r in rs]), 2),
             "batch_ms_p99": rnd(med([r["batch_ms"]["p99"] for r in rs]), 2),
+            "engine_cpu_us_per_event": rnd(med([r["engine_cpu_us_per_event"] for r in rs]), 2),
             "runs_events_per_s": [r["events_per_s_steady"] for r in rs],
         }
         qs = [r["queries"] for r in rs if r["queries"]]
@@ -212,19 +227,19 @@ def print_report(res: dict[str, Any]) -> None:
     p = res["params"]
     print(f"\nquery endpoint vs stream: {p['events']:,} events backlog, {p['clients']} clients, "
           f"paced {p['rate']:.0f} q/s; medians of {p['repeats']} runs (load before {res['loadavg_before']})")
-    print(f"{'mode':<8} {'events/s':>10} {'vs off':>7} {'batch p50/p99 ms':>17} {'queries/s':>10} "
+    print(f"{'mode':<8} {'events/s':>10} {'vs off':>7} {'CPU µs/event':>13} {'batch p50/p99 ms':>17} {'queries/s':>10} "
           f"{'query p50/p99/max µs':>22}  status")
     for mode, s in res["summary"].items():
         q = s.get("query_latency_us")
         lat = f"{q['p50']:.0f} / {q['p99']:.0f} / {q['max']:.0f}" if q else "-"
         qps = f"{s['queries_per_s']:.0f}" if q else "-"
-        print(f"{mode:<8} {s['events_per_s_steady']:>10,.0f} {s['vs_off']:>7.3f} "
+        print(f"{mode:<8} {s['events_per_s_steady']:>10,.0f} {s['vs_off']:>7.3f} {s['engine_cpu_us_per_event']:>13.1f} "
               f"{s['batch_ms_p50']:>8.1f} / {s['batch_ms_p99']:<7.1f} {qps:>10} {lat:>22}  {s.get('status', '')}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_query", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=30_000, help="backlog events per run")
+    ap.add_argument("--events", type=int, default=60_000, help="backlog events per run")
     ap.add_argument("--users", type=int, default=3_000, help="simulated users")
     ap.add_argument("--repeats", type=int, default=2, help="runs per mode (rotating order)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent query clients")

@@ -436,18 +436,26 @@ def _response(code: int, body: dict[str, Any], headers: Mapping[str, str], close
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
 
 
+def http_get_json(address: str, path: str, headers: Mapping[str, str] | None = None,
+                  timeout: float = 10.0) -> tuple[int, Any, dict[str, str]]:
+    """(status, decoded JSON body, response headers) of one ``GET http://<address><path>``,
+    redirects not followed. A minimal client for the proxy, tests and benchmarks."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, orjson.loads(resp.read()), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
 def _fetch(owner: str, entity: str) -> Answer | None:
     """The owner's answer (proxy mode), or None if it cannot be reached (then redirect)."""
-    host, _, port = owner.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=PROXY_TIMEOUT_S)
     try:
-        conn.request("GET", f"/entities/{quote(entity, safe='')}", headers={PROXIED_HEADER: "1"})
-        resp = conn.getresponse()
-        body = orjson.loads(resp.read())
-        headers = {k: v for k, v in resp.getheaders() if k in ("Location", "Retry-After")}
-        return resp.status, body, headers
+        code, body, headers = http_get_json(owner, f"/entities/{quote(entity, safe='')}", {PROXIED_HEADER: "1"},
+                                            PROXY_TIMEOUT_S)
     except (OSError, http.client.HTTPException, orjson.JSONDecodeError) as exc:
         log.warning("query: proxy to %s failed: %s", owner, exc)
         return None
-    finally:
-        conn.close()
+    return code, body, {k: v for k, v in headers.items() if k in ("Location", "Retry-After")}

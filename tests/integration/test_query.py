@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import http.client
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 
 from engine.broker import free_port
 from engine.config import QueryConfig
+from engine.query import http_get_json
 from features.partitioning import kafka_partition
 from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from tests.integration.conftest import (
@@ -46,15 +46,7 @@ START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
 def get(address: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, JSON body, headers) of one GET, without following redirects."""
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, orjson.loads(resp.read()), dict(resp.getheaders())
-    finally:
-        conn.close()
+    return http_get_json(address, path)
 
 
 def local_partitions(address: str) -> list[int] | None:

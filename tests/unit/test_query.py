@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.config import ConfigError, EngineConfig, QueryConfig, RocksDBConfig, config_from_mapping
-from engine.query import SERVING_PREFIX, QueryServer, drop_serving_of_deleted, serving_records
+from engine.query import SERVING_PREFIX, QueryServer, drop_serving_of_deleted, http_get_json, serving_records
 from engine.records import score_records
 from engine.store import PartitionStore
 from features.partitioning import kafka_partition
@@ -50,13 +50,7 @@ def make_server(owners: dict[int, str], proxy: bool = False) -> QueryServer:
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, orjson.loads(resp.read()), dict(resp.getheaders())
-    finally:
-        conn.close()
+    return http_get_json(f"127.0.0.1:{port}", path)
 
 
 def entity_in(partition: int, prefix: str = "user") -> str:
