@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +204,14 @@ def test_reads_are_consistent_with_a_concurrent_writer(store: PartitionStore) ->
     thread.start()
     try:
         seen = set()
-        for _ in range(3_000):
+        deadline = time.monotonic() + 60
+        while len(seen) < 50:  # answers from 50 different batches, read while the writer writes
+            assert time.monotonic() < deadline, f"only {len(seen)} batches seen"
             code, body, _ = server.lookup(entity)
             assert code == 200
             ts = body["score"]["event_ts"]
             assert body["partition_clock"]["max_event_ts"] == ts == body["applied_offset"] == body["features"]["a"] or ts == 1
             seen.add(ts)
-        assert len(seen) > 10, "the writer must have been writing during the reads"
     finally:
         stop.set()
         thread.join()
