@@ -87,16 +87,27 @@ MAX_HEAD_BYTES = 16_384
 def serving_records(events: Sequence[dict[str, Any]], scores: np.ndarray, rows: np.ndarray, entity_field: str,
                     model: Mapping[str, Any], variant: str, scored_ts: int) -> dict[str, bytes]:
     """Store entries (key ``SERVING_PREFIX + entity``) for one variant's answers of a batch: one
-    per entity, from its last event in the batch (events are in processing order)."""
+    per entity, from its last event in the batch (events are in processing order).
+
+    Value: the answer's JSON (score, model, variant, event_id, event_ts, scored_ts), a newline
+    (JSON written by orjson holds none), then the float32 row as raw little-endian bytes: exact,
+    and 4 bytes a column where JSON would take up to 20 (see `decode_serving`)."""
     last = {e[entity_field]: i for i, e in enumerate(events)}
     out: dict[str, bytes] = {}
+    row32 = np.ascontiguousarray(rows, dtype="<f4")
     for entity, i in last.items():
         event = events[i]
         out[SERVING_PREFIX + entity] = orjson.dumps({
             "score": scores[i].item(), "model": model, "variant": variant, "event_id": event["event_id"],
-            "event_ts": event["ts"], "scored_ts": scored_ts, "row": rows[i].tolist(),  # NaN -> null
-        })
+            "event_ts": event["ts"], "scored_ts": scored_ts,
+        }) + b"\n" + row32[i].tobytes()
     return out
+
+
+def decode_serving(raw: bytes) -> tuple[dict[str, Any], list[float | None]]:
+    """(answer, feature row) of a serving record; NaN columns as None, as in score records."""
+    head, _, row = raw.partition(b"\n")
+    return orjson.loads(head), [None if v != v else v for v in np.frombuffer(row, dtype="<f4").tolist()]
 
 
 def drop_serving_of_deleted(states: dict[str, bytes | None]) -> None:
@@ -329,13 +340,13 @@ class QueryServer:
         if serving is None:
             return (404, {"error": "unknown_entity", "detail": "no score for this entity in its partition's store",
                           **where}, {}), partition
-        rec = orjson.loads(serving)
+        rec, row = decode_serving(serving)
         max_ts = int(clock) if clock else None
         score = {k: rec[k] for k in ("score", "model", "variant", "event_id", "event_ts", "scored_ts")}
         return (200, {
             **where,
             "feature_spec": self.feature_spec,
-            "features": dict(zip(self.names, rec["row"])),
+            "features": dict(zip(self.names, row)),
             "score": score,
             "partition_clock": {"max_event_ts": max_ts,
                                 "watermark": None if max_ts is None else max_ts - self.grace_ms},

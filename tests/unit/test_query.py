@@ -16,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.config import ConfigError, EngineConfig, QueryConfig, RocksDBConfig, config_from_mapping
-from engine.query import SERVING_PREFIX, QueryServer, drop_serving_of_deleted, http_get_json, serving_records
+from engine.query import (
+    SERVING_PREFIX,
+    QueryServer,
+    decode_serving,
+    drop_serving_of_deleted,
+    http_get_json,
+    serving_records,
+)
 from engine.records import score_records
 from engine.store import PartitionStore
 from features.partitioning import kafka_partition
@@ -100,9 +107,9 @@ def test_serving_record_is_the_last_event_with_the_score_record_vector(entities:
     assert set(stored) == {SERVING_PREFIX + e for e in entities}
     for entity in set(entities):
         last = max(i for i, e in enumerate(entities) if e == entity)
-        rec = orjson.loads(stored[SERVING_PREFIX + entity])
+        rec, row = decode_serving(stored[SERVING_PREFIX + entity])
         assert rec["event_id"] == f"e{last}" and rec["event_ts"] == 1_000 + last
-        assert dict(zip(NAMES, rec["row"])) == published[last]["features"]  # NaN is null in both
+        assert dict(zip(NAMES, row)) == published[last]["features"]  # NaN is null in both
         assert rec["score"] == published[last]["score"]
 
 
