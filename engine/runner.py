@@ -209,8 +209,6 @@ class ScoringEngine:
         """Process until stopped, `max_seconds` elapsed, `max_events` consumed, or no input for
         `idle_exit_s` (counted from the start until the first message). Always closes cleanly."""
         http = serve_http(self.metrics, self.cfg.metrics_port, self.cfg.metrics_host) if self.cfg.metrics_port else None
-        if self._query:
-            self._query.start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
@@ -220,6 +218,8 @@ class ScoringEngine:
         start = last_input = last_progress = time.monotonic()
         wait_s = self.cfg.batch_wait_ms / 1000.0
         try:
+            if self._query:
+                self._query.start()  # raises if the port is taken (then closes like any stop)
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
                 now = time.monotonic()
