@@ -171,6 +171,28 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """The queryable-state HTTP endpoint (engine/query.py, docs/query.md). ``port`` 0: off."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    advertised: str | None = None  # host:port clients and other processes use; default host:port
+    proxy: bool = False  # fetch a non-local entity from its owner once instead of redirecting
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ConfigError(f"query.port must be a port number or 0 (off), got {self.port!r}")
+        if not (isinstance(self.host, str) and self.host):
+            raise ConfigError(f"query.host must be an address to bind, got {self.host!r}")
+        if self.advertised is not None:
+            host, _, port = str(self.advertised).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ConfigError(f"query.advertised must be host:port, got {self.advertised!r}")
+        if not isinstance(self.proxy, bool):
+            raise ConfigError(f"query.proxy must be true or false, got {self.proxy!r}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -198,6 +220,7 @@ class EngineConfig:
             changes; a new version is loaded verified and swapped in (docs/models.md).
         shadow: also score every row with the `challenger` alias, if any (extra records with
             variant "challenger", never the answer).
+        query: the queryable-state endpoint (`QueryConfig`; docs/query.md).
         canary_share: fraction of entities (stable hash) answered by the `canary` alias, if any;
             0 disables the canary.
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
@@ -239,6 +262,7 @@ class EngineConfig:
     kafka: Mapping[str, Any] = field(default_factory=dict, metadata={"env_keys": "dotted"})
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:

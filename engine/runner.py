@@ -41,6 +41,7 @@ from engine.kafka_clients import client_settings
 from engine.labels import LABEL_PREFIX
 from engine.monitors import MONITOR_KEY, DriftMonitor, Evaluation, PartitionMonitor
 from engine.observability import EngineMetrics, serve_http
+from engine.query import QueryServer, client_id, drop_serving_of_deleted, serving_records
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
 from engine.stages import StageClock
@@ -173,6 +174,8 @@ class ScoringEngine:
         if self._eos:
             required["transactional.id"] = self._transactional_id()
             required["transaction.timeout.ms"] = cfg.transaction_timeout_ms
+        self._query = QueryServer(cfg.query, bootstrap, cfg.group_id, cfg.input_topic, self._computer.names,
+                                  cfg.features.hash, cfg.features.grace_ms, self.metrics.registry) if cfg.query.port else None
         self._producer = Producer(client_settings(
             bootstrap, cfg.kafka, defaults={"linger.ms": 5, "compression.type": "lz4"}, required=required))
         self._prepare_topics(md)
@@ -190,6 +193,7 @@ class ScoringEngine:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": cfg.session_timeout_ms,
             "enable.partition.eof": False,
+            **({"client.id": client_id(cfg.query)} if self._query else {}),  # advertises the query address
         }))
         self._publish_models()
 
@@ -273,6 +277,8 @@ class ScoringEngine:
         wait_s = self.cfg.batch_wait_ms / 1000.0
         reason = STOPPED
         try:
+            if self._query:
+                self._query.start()  # raises if the port is taken (then closes like any stop)
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
                 now = time.monotonic()
@@ -316,6 +322,8 @@ class ScoringEngine:
                 log.warning("could not read the partitions' positions at stop: %s", exc)
             self.stats.seconds = time.monotonic() - start
             self.stats.latency_ms = self.latency.summary()
+            if self._query:
+                self._query.shutdown()  # detaches every store before _close closes them
             self._close()
             if http:
                 http.shutdown()
@@ -397,6 +405,8 @@ class ScoringEngine:
                 part.reload_monitor()
             self._partitions[tp.partition] = part
             self._changelog_next[tp.partition] = result.next_offset
+            if self._query:
+                self._query.attach(tp.partition, store)
             log.info("assigned %s[%d]: restored %d changelog records in %.2f s; state reflects offsets < %s",
                      tp.topic, tp.partition, result.records, result.seconds, applied)
         self.metrics.assigned.set(len(self._partitions))
@@ -419,6 +429,8 @@ class ScoringEngine:
             if str(tp.partition) in self._lag_labels:
                 self._lag_labels.discard(str(tp.partition))
                 self.metrics.consumer_lag.remove(str(tp.partition))
+            if self._query:
+                self._query.detach(tp.partition)
             if part is not None:
                 part.store.close()
                 log.info("revoked %s[%d]", tp.topic, tp.partition)
@@ -455,6 +467,8 @@ class ScoringEngine:
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
                     self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
+                if self._query:
+                    drop_serving_of_deleted(states)
                 # The store's applied mark never moves back: a batch of redelivered messages that
                 # were all skipped (below the mark) must not lower it, or the rest are re-applied.
                 applied = max(next_offset, part.applied or 0)
@@ -623,6 +637,8 @@ class ScoringEngine:
                     scored_ts, rows if self.cfg.include_features else None, self._computer.names,
                 )
                 self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
+                if self._query and vs.variant != "challenger":  # the answer, in the batch's WriteBatch + changelog
+                    result.states.update(serving_records(evs, vs.scores, rows, entity, vs.model, vs.variant, scored_ts))
                 self._counts.scored[vs.variant] += len(records)
             self.stages.lap("produce")
             if self._monitor is not None and part.monitor is not None:

@@ -68,6 +68,12 @@ class PartitionStore:
         values = self._db[[k.encode() for k in names]]
         return dict(zip(names, values))
 
+    def read_consistent(self, keys: list[bytes] | tuple[bytes, ...]) -> list[bytes | None]:
+        """Values of raw `keys` from one consistent view (RocksDB's MultiGet reads every key from
+        one implicit snapshot). The one method safe to call from another thread than the loop's
+        (the query endpoint), as long as the store is not closed meanwhile."""
+        return self._db[list(keys)]
+
     def read_meta(self) -> tuple[bytes | None, int | None]:
         """(encoded clock, applied offset) as last written."""
         clock, applied = self._db[[CLOCK_KEY, APPLIED_KEY]]
