@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from features.compute import FeatureComputer
+from features.sessions import ClosedSession, reports
 
 
 @dataclass
@@ -54,12 +55,14 @@ class BatchResult:
         scored: indices (into the input events) that were applied and have a row.
         late: indices of late events (state untouched; dead-letter them with reason "late").
         states: new encoded state per touched entity; ``None`` means delete the record.
+        closed: sessions of touched entities that the batch's watermark closed (features.sessions).
     """
 
     rows: np.ndarray
     scored: list[int]
     late: list[int]
     states: dict[str, bytes | None] = field(default_factory=dict)
+    closed: list[ClosedSession] = field(default_factory=list)
 
 
 def process_batch(
@@ -101,11 +104,16 @@ def process_batch(
     clock.max_ts = max_ts
     out: dict[str, bytes | None] = {}
     watermark = clock.watermark
+    closed: list[ClosedSession] = []
+    found: list[tuple[int, list[Any]]] = []
     for key, state in live.items():
-        dead = watermark is not None and computer.prune(state, watermark)
+        dead = watermark is not None and computer.prune(state, watermark, found)
+        if found:
+            closed.extend(reports(computer, key, found))
+            found.clear()
         out[key] = None if dead else computer.encode(state)
     matrix = np.asarray(rows, dtype=np.float32) if rows else np.empty((0, computer.width), np.float32)
-    return BatchResult(matrix, scored, late, out)
+    return BatchResult(matrix, scored, late, out, closed)
 
 
 def expired_keys(computer: FeatureComputer, records: Iterable[tuple[str, bytes]], watermark: int) -> list[str]:

@@ -14,7 +14,9 @@ semantics; in short, for an event with time ``ts`` that is processed (not late):
 - tumbling(size): the window ``[floor(ts/size)*size, +size)``;
 - hopping(size, hop): the *oldest* hopping window that contains ts, i.e. the ``size/hop`` panes of
   length ``hop`` ending with the pane that contains ts;
-- sliding(size): the continuous window ``(ts - size, ts]``.
+- sliding(size): the continuous window ``(ts - size, ts]``;
+- session(gap): the entity's session containing ts, a maximal run of its events whose
+  consecutive event times are at most ``gap`` apart.
 
 The feature value is the aggregate over every event of the same entity processed so far
 (including this one) whose event time falls in that window.
@@ -67,17 +69,22 @@ def format_duration(ms: int) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """An event-time window. Use the constructors `tumbling`, `hopping`, `sliding`."""
+    """An event-time window. Use the constructors `tumbling`, `hopping`, `sliding`, `session`.
 
-    kind: Literal["tumbling", "hopping", "sliding"]
+    A session window stores its gap in `size_ms` (it is the window's reach: two events at most
+    `size_ms` apart are in the same session); see `gap_ms`.
+    """
+
+    kind: Literal["tumbling", "hopping", "sliding", "session"]
     size_ms: int
     hop_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tumbling", "hopping", "sliding"):
-            raise ValueError(f"window kind {self.kind!r} is not tumbling, hopping or sliding")
+        if self.kind not in ("tumbling", "hopping", "sliding", "session"):
+            raise ValueError(f"window kind {self.kind!r} is not tumbling, hopping, sliding or session")
         if self.size_ms <= 0:
-            raise ValueError(f"window size must be > 0 ms, got {self.size_ms}")
+            what = "session gap" if self.kind == "session" else "window size"
+            raise ValueError(f"{what} must be > 0 ms, got {self.size_ms}")
         if self.kind == "hopping":
             if not self.hop_ms or self.hop_ms <= 0 or self.size_ms % self.hop_ms:
                 raise ValueError(
@@ -99,12 +106,28 @@ class Window:
     def sliding(cls, size: int | str) -> Window:
         return cls("sliding", parse_duration(size))
 
+    @classmethod
+    def session(cls, gap: int | str) -> Window:
+        """Gap-based sessions: consecutive event times (in time order) at most `gap` apart
+        (``t2 - t1 <= gap``) belong to the same session."""
+        return cls("session", parse_duration(gap))
+
+    @property
+    def gap_ms(self) -> int:
+        """The session gap (session windows only)."""
+        if self.kind != "session":
+            raise AttributeError(f"a {self.kind} window has no gap")
+        return self.size_ms
+
     @property
     def pane_ms(self) -> int:
-        """Length of one stored pane: size (tumbling), hop (hopping), 1 ms (sliding: exact times)."""
-        return {"tumbling": self.size_ms, "hopping": self.hop_ms or 0, "sliding": 1}[self.kind]
+        """Length of one stored pane: size (tumbling), hop (hopping), 1 ms (sliding: exact times).
+        Session windows store sessions, not panes (0)."""
+        return {"tumbling": self.size_ms, "hopping": self.hop_ms or 0, "sliding": 1, "session": 0}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind == "session":
+            return {"kind": "session", "gap": format_duration(self.size_ms)}
         d: dict[str, Any] = {"kind": self.kind, "size": format_duration(self.size_ms)}
         if self.hop_ms is not None:
             d["hop"] = format_duration(self.hop_ms)
@@ -112,6 +135,10 @@ class Window:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Window:
+        if d.get("kind") == "session":
+            if "size" in d or "hop" in d:
+                raise ValueError("a session window takes only a gap, e.g. {kind: session, gap: 30m}")
+            return cls.session(d["gap"])
         hop = d.get("hop")
         return cls(d["kind"], parse_duration(d["size"]), parse_duration(hop) if hop is not None else None)
 
@@ -226,7 +253,8 @@ class FeatureSpec:
         grace_ms: allowed lateness. Per partition, watermark = max event time processed - grace;
             an event older than the watermark is late: it updates nothing and is dead-lettered.
         idle_ttl_ms: entity-level memory (recency, session depth) is forgotten after the entity
-            has been idle this long in event time; must be >= the longest window. Bounds state.
+            has been idle this long in event time; must be >= the longest window (and every
+            session gap). Bounds state.
     """
 
     name: str
@@ -316,7 +344,8 @@ class FeatureSpec:
             raise ValueError(f"feature names must match {_NAME.pattern}: {bad}")
         longest = max((w.size_ms for w in self.windows), default=0)
         if self.idle_ttl_ms < longest:
-            raise ValueError(f"idle_ttl ({self.idle_ttl_ms} ms) must be >= the longest window ({longest} ms)")
+            raise ValueError(f"idle_ttl ({self.idle_ttl_ms} ms) must be >= the longest window or session gap "
+                             f"({longest} ms)")
         known = set()
         for f in self.features:
             if isinstance(f, Aggregate):
