@@ -51,6 +51,22 @@ class RocksDBConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """Reporting of closed sessions (specs with session windows; docs/features.md).
+
+    Attributes:
+        closed_topic: topic for one "session closed" record per closed session (scored by the
+            serving model, in the batch's transaction); None (the default) reports nothing.
+        idle_close_ms: wall-clock ms without input after which a partition's whole store is swept
+            for sessions the watermark has already closed; None disables it. Never closes a
+            session the watermark has not closed.
+    """
+
+    closed_topic: str | None = None
+    idle_close_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -83,6 +99,7 @@ class EngineConfig:
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
             expiry besides the ones it touches, one per message of the batch (an incremental
             sweep in key order that deletes entities gone idle; docs/features.md). 0 disables it.
+        sessions: closed-session records (`SessionsConfig`).
     """
 
     bootstrap_servers: str | None = None
@@ -111,6 +128,7 @@ class EngineConfig:
     schema: EventSchema = field(default_factory=lambda: EventSchema(max_bytes=65_536))
     features: FeatureSpec = field(default_factory=clickstream_spec)
     rocksdb: RocksDBConfig = field(default_factory=RocksDBConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -136,6 +154,21 @@ class EngineConfig:
         need(all(topics) and len(set(topics)) == 3, f"input, scores and dlq topics must be distinct names, got {topics}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
+        self._validate_sessions(need)
+
+    def _validate_sessions(self, need: Any) -> None:
+        closed, idle = self.sessions.closed_topic, self.sessions.idle_close_ms
+        if closed is not None:
+            need(isinstance(closed, str) and closed and closed not in (self.input_topic, self.scores_topic, self.dlq_topic),
+                 f"sessions.closed_topic must be a topic name distinct from the others, got {closed!r}")
+            need(any(w.kind == "session" for w in self.features.windows),
+                 "sessions.closed_topic is set but the feature spec has no session window")
+            need(self.expiry_scan_per_batch > 0,
+                 "sessions.closed_topic needs expiry_scan_per_batch > 0 (the sweep finds idle entities' sessions)")
+        if idle is not None:
+            need(closed is not None, "sessions.idle_close_ms needs sessions.closed_topic")
+            need(isinstance(idle, int) and not isinstance(idle, bool) and 100 <= idle <= 86_400_000,
+                 f"sessions.idle_close_ms must be in [100, 86400000], got {idle!r}")
 
     def with_overrides(self, **overrides: Any) -> EngineConfig:
         """A copy with the non-None overrides applied (for CLI flags)."""
@@ -181,6 +214,8 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
                     kwargs[key] = FeatureSpec.from_dict(value)
             elif key == "rocksdb":
                 kwargs[key] = value if isinstance(value, RocksDBConfig) else RocksDBConfig(**value)
+            elif key == "sessions":
+                kwargs[key] = value if isinstance(value, SessionsConfig) else SessionsConfig(**value)
             else:
                 kwargs[key] = value
     except ConfigError:

@@ -40,11 +40,13 @@ from engine.latency import LatencyRecorder
 from engine.observability import EngineMetrics, serve_http
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
+from engine.sessions import closed_session_messages
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, ensure_topics
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, expired_keys, process_batch
 from features.schema import LATE, InvalidEvent
+from features.sessions import ClosedSession, close_sessions
 
 log = logging.getLogger("streamscore.engine")
 
@@ -72,6 +74,7 @@ class RunStats:
     aborted_batches: int = 0
     restored_records: int = 0
     expired_records: int = 0
+    sessions_closed: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
 
@@ -89,6 +92,7 @@ class RunStats:
             "aborted_batches": self.aborted_batches,
             "restored_records": self.restored_records,
             "expired_records": self.expired_records,
+            "sessions_closed": self.sessions_closed,
             "latency_ms": self.latency_ms,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.consumed / self.seconds, 1) if self.seconds else 0.0,
@@ -104,6 +108,7 @@ class _BatchCounts:
     expired: int = 0
     scored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    closed: list[ClosedSession] = field(default_factory=list)  # reported with the batch (if configured)
 
 
 @dataclass
@@ -112,6 +117,8 @@ class _Partition:
     clock: PartitionClock
     applied: int | None  # next input offset the store reflects
     sweep_after: str | None = None  # the expiry sweep resumes after this key (None: from the start)
+    last_input: float = field(default_factory=time.monotonic)  # wall clock (monotonic) of its last input
+    idle_swept: bool = False  # swept whole since its last input (sessions.idle_close_ms)
 
 
 class ScoringEngine:
@@ -134,6 +141,7 @@ class ScoringEngine:
         self._refused_seen = 0
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
+        self._closed_topic = cfg.sessions.closed_topic  # None: closed sessions are not reported
         producer_conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
@@ -173,8 +181,10 @@ class ScoringEngine:
 
     def _prepare_topics(self) -> None:
         md = self._producer.list_topics(timeout=30)
-        missing = [t for t in (self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic)
-                   if t not in md.topics or md.topics[t].error is not None]
+        wanted = [self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic]
+        if self._closed_topic is not None:
+            wanted.append(self._closed_topic)
+        missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]
         if missing:
             raise TopicsMissing(f"topics {missing} do not exist on {self.bootstrap}: create them with "
                                 "`streamscore topics create` (or your cluster's tooling)")
@@ -220,6 +230,8 @@ class ScoringEngine:
                 self.metrics.last_loop = now
                 if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
                     self._publish_models()
+                if not msgs and self.cfg.sessions.idle_close_ms is not None:
+                    self._close_idle_partitions(now)
                 if msgs:
                     self._process(msgs)
                     last_input = now
@@ -314,6 +326,7 @@ class ScoringEngine:
                     continue
                 next_offset = pmsgs[-1].offset() + 1
                 self._counts.consumed += len(pmsgs)
+                part.last_input, part.idle_swept = time.monotonic(), False
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
                     self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
@@ -322,6 +335,7 @@ class ScoringEngine:
                 applied = max(next_offset, part.applied or 0)
                 writes.append((partition, part, states, part.clock.encode(), applied))
                 commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
+            self._report_closed()
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
@@ -354,15 +368,88 @@ class ScoringEngine:
         records = part.store.scan(part.sweep_after, limit)
         part.sweep_after = records[-1][0] if len(records) == limit else None
         untouched = [(key, raw) for key, raw in records if key not in states]
+        if self._closed_topic is not None:
+            self._close_sessions(part, untouched, states)
+            return
         for key in expired_keys(self._computer, untouched, part.clock.watermark):  # type: ignore[arg-type]
             states[key] = None
             self._counts.expired += 1
 
-    def _account(self, msgs: list[Message], t0: float) -> None:
+    def _close_sessions(self, part: _Partition, records: list[tuple[str, bytes]],
+                        states: dict[str, bytes | None]) -> None:
+        """The sweep when closed sessions are reported: close the sessions of `records` that the
+        watermark has passed (and delete dead records, as `expired_keys` would)."""
+        closed, changed = close_sessions(self._computer, records, part.clock.watermark)  # type: ignore[arg-type]
+        self._counts.closed.extend(closed)
+        self._counts.expired += sum(1 for raw in changed.values() if raw is None)
+        states.update(changed)
+
+    def _report_closed(self) -> None:
+        """Produce the batch's closed-session records (in its transaction), if configured."""
+        if self._closed_topic is None or not self._counts.closed:
+            return
+        msgs = closed_session_messages(self._counts.closed, self._router, self.cfg.features,
+                                       self.cfg.guarantee, int(time.time() * 1000))
+        self._produce_batch(self._closed_topic, msgs, self._on_delivery)
+
+    def _close_idle_partitions(self, now: float) -> None:
+        """`sessions.idle_close_ms`: sweep the whole store of each partition without input for that
+        long (once per idle spell), reporting the sessions its watermark has already closed, in a
+        transaction of its own (changelog included; no input offsets move)."""
+        idle_s = self.cfg.sessions.idle_close_ms / 1000.0  # type: ignore[operator]
+        due = [(p, part) for p, part in self._partitions.items()
+               if not part.idle_swept and now - part.last_input >= idle_s and part.clock.watermark is not None
+               and part.applied is not None]
+        if not due:
+            return
+        self._counts = _BatchCounts()
+        writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
+        for p, part in due:
+            states: dict[str, bytes | None] = {}
+            after: str | None = None
+            while True:
+                records = part.store.scan(after, 10_000)
+                self._close_sessions(part, records, states)
+                if len(records) < 10_000:
+                    break
+                after = records[-1][0]
+            writes.append((p, part, states, part.clock.encode(), part.applied))  # type: ignore[arg-type]
+        if self._eos:
+            self._producer.begin_transaction()
+        try:
+            self._report_closed()
+            if self._eos:
+                self._produce_changelog(writes)
+                self._await_deliveries()
+                self._commit_transaction()
+            else:
+                self._await_deliveries()
+                self._produce_changelog(writes)
+                self._await_deliveries()
+        except KafkaException as exc:
+            if not self._eos or not _abortable(exc):
+                raise
+            log.warning("aborting idle-close transaction (%s); will retry", exc)
+            self._producer.abort_transaction(60)
+            return
+        for partition, part, states, clock, applied in writes:
+            part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
+            part.idle_swept = True
+        self._account_closed()
+        log.info("idle close: swept partitions %s, %d sessions closed", [p for p, _ in due], len(self._counts.closed))
+
+    def _account_closed(self) -> None:
         c = self._counts
-        self.stats.consumed += c.consumed
+        if self._closed_topic is not None:
+            self.stats.sessions_closed += len(c.closed)
+            self.metrics.sessions_closed.inc(len(c.closed))
         self.stats.expired_records += c.expired
         self.metrics.expired_records.inc(c.expired)
+
+    def _account(self, msgs: list[Message], t0: float) -> None:
+        c = self._counts
+        self._account_closed()
+        self.stats.consumed += c.consumed
         self.stats.skipped_applied += c.skipped
         self.metrics.events_in.inc(c.consumed)
         self.metrics.skipped_applied.inc(c.skipped)
@@ -429,6 +516,7 @@ class ScoringEngine:
         entity = self.cfg.features.entity
         stored = part.store.multi_get({e[entity] for e in events})
         result = process_batch(self._computer, part.clock, events, stored)
+        self._counts.closed.extend(result.closed)
         for i in result.late:
             self._dead_letter(
                 sources[i], LATE,

@@ -33,7 +33,7 @@ import yaml
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from engine.config import EngineConfig, RocksDBConfig
+from engine.config import EngineConfig, RocksDBConfig, SessionsConfig
 from engine.records import headers_dict
 from features.schema import EventSchema
 from features.spec import FeatureSpec
@@ -49,7 +49,7 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, FeatureSpec):
         return value.to_dict()
-    if isinstance(value, (RocksDBConfig, EventSchema)):
+    if isinstance(value, (RocksDBConfig, EventSchema, SessionsConfig)):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
