@@ -108,13 +108,15 @@ def topics_create(
 
     cfg = _load(config)
     bootstrap = _bootstrap(cfg.bootstrap_servers)
-    ensure_topics(bootstrap, [
+    specs = [
         TopicSpec(cfg.input_topic, partitions),
         TopicSpec(cfg.scores_topic, partitions),
         TopicSpec(cfg.dlq_topic, 1, config={"max.message.bytes": "2097152"}),
-    ])
-    typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
-               f"{cfg.dlq_topic}(1)")
+    ]
+    if cfg.sessions.closed_topic is not None:
+        specs.append(TopicSpec(cfg.sessions.closed_topic, partitions))
+    ensure_topics(bootstrap, specs)
+    typer.echo(f"topics ready on {bootstrap}: " + " ".join(f"{t.name}({t.partitions})" for t in specs))
 
 
 @features_app.command("show")
