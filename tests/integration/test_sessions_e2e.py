@@ -28,9 +28,7 @@ from features.partitioning import kafka_partition
 from features.schema import EventSchema, InvalidEvent
 from features.spec import Aggregate, FeatureSpec, Ratio, Recency, Window
 from features.synthetic import ClickstreamGenerator, GeneratorConfig
-from models.registry import Registry
-from models.testing import make_manifest, small_model_bytes, synthetic_dataset
-from tests.integration.conftest import produce_all
+from tests.integration.conftest import produce_all, register_small_model
 from tests.integration.engine_process import (
     CommittedOffsets,
     EngineProcesses,
@@ -67,13 +65,7 @@ SPEC = FeatureSpec(
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
-    X, y, _, _ = synthetic_dataset(n=1_000, d=SPEC.width, seed=9)
-    root = tmp_path / "registry"
-    reg = Registry(root)
-    version = reg.register("sessions", small_model_bytes(X, y, SPEC.names, kind="logreg"),
-                           make_manifest(SPEC.names, feature_spec=SPEC.hash, name="sessions"), reason="test")
-    reg.promote("sessions", version, reason="test")
-    return root
+    return register_small_model(tmp_path / "registry", SPEC, "sessions", seed=9)
 
 
 class Tail:

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, process_batch
 from features.offline import replay
-from features.partitioning import kafka_partition
 from features.sessions import ClosedSession, close_sessions
 from features.spec import Aggregate, FeatureSpec, Ratio, Window
 from tests.unit.test_features_oracle import (
+    Oracle,
     _aggregate,
     _matches,
     assert_rows_equal,
@@ -81,27 +81,21 @@ def sessions_of(history: Sequence[dict[str, Any]], gap: int) -> list[frozenset[i
     return [frozenset(g) for g in groups]
 
 
-class SessionOracle:
+class SessionOracle(Oracle):
+    """The oracle of test_features_oracle (lateness, history, `run`) with session windows."""
+
     def __init__(self, spec: FeatureSpec, num_partitions: int = 1) -> None:
-        self.spec = spec
-        self.n = num_partitions
-        self.max_ts: dict[int, int] = {}
-        self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        super().__init__(spec, num_partitions)
         # (entity, feature name) -> session -> float sum, by the contract's summation order
         self.sums: dict[tuple[str, str], dict[frozenset[int], float]] = defaultdict(dict)
         # (entity, gap) -> session -> row of the last event processed into it
         self.rows: dict[tuple[str, int], dict[frozenset[int], list[float]]] = defaultdict(dict)
 
     def push(self, event: dict[str, Any]) -> np.ndarray | None:
-        spec = self.spec
-        key = event[spec.entity]
-        p = kafka_partition(key, self.n)
-        ts = event["ts"]
-        m = self.max_ts.get(p)
-        if m is not None and ts < m - spec.grace_ms:
+        hist = self.admit(event)
+        if hist is None:
             return None
-        self.max_ts[p] = ts if m is None else max(m, ts)
-        hist = self.history[key]
+        spec, key, ts = self.spec, event[self.spec.entity], event["ts"]
         before = {w: sessions_of(hist, w.size_ms) for w in spec.windows if w.kind == "session"}
         hist.append(event)
         me = len(hist) - 1
@@ -138,22 +132,11 @@ class SessionOracle:
             self.rows[(key, w.size_ms)][session] = row
         return np.asarray(row, dtype=np.float32)
 
-    def run(self, events: Sequence[dict[str, Any]]) -> tuple[dict[int, np.ndarray], list[int]]:
-        rows: dict[int, np.ndarray] = {}
-        late: list[int] = []
-        for i, e in enumerate(events):
-            r = self.push(e)
-            if r is None:
-                late.append(i)
-            else:
-                rows[i] = r
-        return rows, late
-
     def closed(self) -> dict[tuple[str, int, int], tuple[int, np.ndarray]]:
         """(entity, gap, start) -> (end, float32 row) of every session closed by the final watermark."""
         out: dict[tuple[str, int, int], tuple[int, np.ndarray]] = {}
         for key, hist in self.history.items():
-            watermark = self.max_ts[kafka_partition(key, self.n)] - self.spec.grace_ms
+            watermark = self.max_ts[self.partition(key)] - self.spec.grace_ms
             for w in self.spec.windows:
                 if w.kind != "session":
                     continue
