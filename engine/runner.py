@@ -52,6 +52,7 @@ log = logging.getLogger("streamscore.engine")
 
 EMPTY = "empty"
 PROGRESS_EVERY_S = 10.0
+IDLE_SWEEP_CHUNK = 10_000  # stored records the idle close examines per partition per loop turn
 
 
 class DeliveryFailed(RuntimeError):
@@ -119,6 +120,7 @@ class _Partition:
     sweep_after: str | None = None  # the expiry sweep resumes after this key (None: from the start)
     last_input: float = field(default_factory=time.monotonic)  # wall clock (monotonic) of its last input
     idle_swept: bool = False  # swept whole since its last input (sessions.idle_close_ms)
+    idle_after: str | None = None  # the idle sweep resumes after this key
 
 
 class ScoringEngine:
@@ -326,7 +328,7 @@ class ScoringEngine:
                     continue
                 next_offset = pmsgs[-1].offset() + 1
                 self._counts.consumed += len(pmsgs)
-                part.last_input, part.idle_swept = time.monotonic(), False
+                part.last_input, part.idle_swept, part.idle_after = time.monotonic(), False, None
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
                     self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
@@ -393,9 +395,11 @@ class ScoringEngine:
         self._produce_batch(self._closed_topic, msgs, self._on_delivery)
 
     def _close_idle_partitions(self, now: float) -> None:
-        """`sessions.idle_close_ms`: sweep the whole store of each partition without input for that
-        long (once per idle spell), reporting the sessions its watermark has already closed, in a
-        transaction of its own (changelog included; no input offsets move)."""
+        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long,
+        `IDLE_SWEEP_CHUNK` records per partition per loop turn until each is swept whole (once
+        per idle spell), reporting the sessions their watermark has already closed. Each turn
+        that closes something is a transaction of its own: records, changelog, and the (unmoved)
+        input offsets, which fences it like a batch if the group has moved on."""
         idle_s = self.cfg.sessions.idle_close_ms / 1000.0  # type: ignore[operator]
         due = [(p, part) for p, part in self._partitions.items()
                if not part.idle_swept and now - part.last_input >= idle_s and part.clock.watermark is not None
@@ -404,16 +408,30 @@ class ScoringEngine:
             return
         self._counts = _BatchCounts()
         writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
+        cursors: list[tuple[_Partition, str | None]] = []
         for p, part in due:
             states: dict[str, bytes | None] = {}
-            after: str | None = None
-            while True:
-                records = part.store.scan(after, 10_000)
-                self._close_sessions(part, records, states)
-                if len(records) < 10_000:
-                    break
-                after = records[-1][0]
-            writes.append((p, part, states, part.clock.encode(), part.applied))  # type: ignore[arg-type]
+            records = part.store.scan(part.idle_after, IDLE_SWEEP_CHUNK)
+            self._close_sessions(part, records, states)
+            cursors.append((part, records[-1][0] if len(records) == IDLE_SWEEP_CHUNK else None))
+            if states:
+                writes.append((p, part, states, part.clock.encode(), part.applied))  # type: ignore[arg-type]
+        if writes:
+            commits = [TopicPartition(self.cfg.input_topic, p, applied) for p, _, _, _, applied in writes]
+            if not self._commit_outputs(writes, commits):
+                return
+            for partition, part, states, clock, applied in writes:
+                part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
+            self._account_closed()
+            log.info("idle close: partitions %s, %d sessions closed", [p for p, *_ in writes], len(self._counts.closed))
+        for part, after in cursors:
+            part.idle_after, part.idle_swept = after, after is None
+
+    def _commit_outputs(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]],
+                        commits: list[TopicPartition]) -> bool:
+        """Outputs of a unit of work without input (the idle close): closed-session records and
+        changelog, in one transaction with `commits` (exactly_once), or delivered in that order
+        (at_least_once). False if the transaction was aborted (nothing visible; retried later)."""
         if self._eos:
             self._producer.begin_transaction()
         try:
@@ -421,6 +439,7 @@ class ScoringEngine:
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
+                self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
                 self._commit_transaction()
             else:
                 self._await_deliveries()
@@ -431,12 +450,8 @@ class ScoringEngine:
                 raise
             log.warning("aborting idle-close transaction (%s); will retry", exc)
             self._producer.abort_transaction(60)
-            return
-        for partition, part, states, clock, applied in writes:
-            part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
-            part.idle_swept = True
-        self._account_closed()
-        log.info("idle close: swept partitions %s, %d sessions closed", [p for p, _ in due], len(self._counts.closed))
+            return False
+        return True
 
     def _account_closed(self) -> None:
         c = self._counts
