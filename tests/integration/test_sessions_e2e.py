@@ -170,8 +170,10 @@ def click(eid: str, user: str, sec: float, price: float | None = None) -> tuple[
     return user.encode(), orjson.dumps(e)
 
 
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_an_idle_entitys_session_closes_without_further_events_from_it(kafka_bootstrap: str, make_topic,
-                                                                       registry: Path, tmp_path: Path) -> None:
+                                                                       registry: Path, tmp_path: Path,
+                                                                       guarantee: str) -> None:
     alice, bob = "alice", next(u for u in (f"bob{i}" for i in range(100))
                                if kafka_partition(u, PARTITIONS) == kafka_partition("alice", PARTITIONS))
     clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq", 1)
@@ -179,7 +181,7 @@ def test_an_idle_entitys_session_closes_without_further_events_from_it(kafka_boo
     config = engine_yaml(
         tmp_path / "engine.yaml", bootstrap_servers=kafka_bootstrap, group_id=f"g-{clicks}", input_topic=clicks,
         scores_topic=scores, dlq_topic=dlq, state_dir=tmp_path / "state", registry=registry, model_name="sessions",
-        include_features=True, features=SPEC.to_dict(), batch_wait_ms=20,
+        include_features=True, features=SPEC.to_dict(), batch_wait_ms=20, guarantee=guarantee,
         sessions={"closed_topic": closed_topic},  # no idle close: the watermark and the sweep alone
     )
     tail = Tail(kafka_bootstrap, closed_topic, PARTITIONS)
@@ -216,4 +218,4 @@ def test_an_idle_entitys_session_closes_without_further_events_from_it(kafka_boo
     f = r["features"]
     assert (f["events_s90"], f["spend_s90"], f["events_s20m"], f["max_price_s20m"]) == (3.0, 16.5, 3.0, 10.0)
     assert f["mean_price_s20m"] == np.float32(16.5 / 3).item() and f["last_price_s20m"] == 1.5
-    assert isinstance(r["score"], float)
+    assert isinstance(r["score"], float) and r["guarantee"] == guarantee
