@@ -360,6 +360,7 @@ class ScoringEngine:
             part.applied = next_offset
         if commits and not self._eos:
             self._consumer.commit(offsets=commits, asynchronous=False)
+        self._account_closed()
         self._account(msgs, t0)
 
     def _sweep(self, part: _Partition, states: dict[str, bytes | None], limit: int) -> None:
@@ -423,6 +424,8 @@ class ScoringEngine:
             for partition, part, states, clock, applied in writes:
                 part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
             self._account_closed()
+            self.stats.expired_records += self._counts.expired
+            self.metrics.expired_records.inc(self._counts.expired)
             log.info("idle close: partitions %s, %d sessions closed", [p for p, *_ in writes], len(self._counts.closed))
         for part, after in cursors:
             part.idle_after, part.idle_swept = after, after is None
@@ -454,17 +457,16 @@ class ScoringEngine:
         return True
 
     def _account_closed(self) -> None:
-        c = self._counts
+        """Count the committed unit of work's reported sessions (expired records: `_account`)."""
         if self._closed_topic is not None:
-            self.stats.sessions_closed += len(c.closed)
-            self.metrics.sessions_closed.inc(len(c.closed))
-        self.stats.expired_records += c.expired
-        self.metrics.expired_records.inc(c.expired)
+            self.stats.sessions_closed += len(self._counts.closed)
+            self.metrics.sessions_closed.inc(len(self._counts.closed))
 
     def _account(self, msgs: list[Message], t0: float) -> None:
         c = self._counts
-        self._account_closed()
         self.stats.consumed += c.consumed
+        self.stats.expired_records += c.expired
+        self.metrics.expired_records.inc(c.expired)
         self.stats.skipped_applied += c.skipped
         self.metrics.events_in.inc(c.consumed)
         self.metrics.skipped_applied.inc(c.skipped)
