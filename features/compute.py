@@ -342,7 +342,8 @@ class _Codegen:
         self.slot_updates(plan, SESSION_OFF)
         e(1, f"S{wi} = pane")
         names = [f"w{wi}_{idx}" for idx in range(1, len(plan.slots) + 1)]
-        e(1, f"{', '.join(names)}{',' if len(names) == 1 else ''} = pane[{1 + SESSION_OFF}:]")
+        if names:  # none when the window's only feature is its duration
+            e(1, f"{', '.join(names)}{',' if len(names) == 1 else ''} = pane[{1 + SESSION_OFF}:]")
 
     def fold(self, d: int, acc: str, kind: str, item: str) -> None:
         """Fold the slot value `item` of the next (higher) pane into `acc`."""
@@ -405,7 +406,9 @@ class _Codegen:
             if what == "agg":
                 wi, agg, slots = arg
                 s = [f"w{wi}_{i}" for i in slots]
-                if agg in ("count", "sum"):
+                if agg == "duration":
+                    e(1, f"c{col} = (S{wi}[{SESSION_END}] - S{wi}[{SESSION_START}]) / 1000.0")
+                elif agg in ("count", "sum"):
                     e(1, f"c{col} = float({s[0]})")
                 elif agg == "mean":
                     e(1, f"c{col} = {s[0]} / {s[1]} if {s[1]} else NAN")
@@ -513,8 +516,10 @@ class FeatureComputer:
                 plan = self._plans[wi]
                 if f.field is not None:
                     self._fields.add(f.field)
-                if f.agg == "count":
-                    arg: Any = (plan.slot(_N, None, where),)
+                if f.agg == "duration":
+                    arg: Any = ()  # read from the session's start and end
+                elif f.agg == "count":
+                    arg = (plan.slot(_N, None, where),)
                 elif f.agg in ("sum", "mean"):
                     arg = (plan.slot(_SUM, f.field, where), plan.slot(_NV, f.field, where))
                 elif f.agg == "min":

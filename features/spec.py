@@ -40,7 +40,7 @@ NUMERIC_FIELDS = frozenset({"price"})
 CATEGORICAL_FIELDS = frozenset(
     {"event_id", "user_id", "session_id", "event_type", "page", "product_id", "device", "country", "referrer"}
 )
-AGGREGATIONS = ("count", "sum", "mean", "min", "max", "distinct", "last")
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "distinct", "last", "duration")
 _NEEDS_NUMERIC = frozenset({"sum", "mean", "min", "max", "last"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_=.\-]*$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -151,6 +151,8 @@ class Aggregate:
     field and skip events where it is null; ``distinct`` counts distinct non-null values of any
     field; ``last`` is the value of the matching event with the greatest event time (ties: the
     one processed last). Empty windows give 0 for count/sum/distinct and NaN otherwise.
+    ``duration`` (session windows only, no field or filter) is the session's span in seconds,
+    ``(end - start) / 1000``: its greatest minus its least event time, as of the event.
     """
 
     name: str
@@ -365,7 +367,10 @@ class FeatureSpec:
 def _validate_aggregate(f: Aggregate) -> None:
     if f.agg not in AGGREGATIONS:
         raise ValueError(f"feature {f.name!r}: aggregation {f.agg!r} is not one of {AGGREGATIONS}")
-    if f.agg == "count":
+    if f.agg == "duration":
+        if f.window.kind != "session" or f.field is not None or f.where is not None:
+            raise ValueError(f"feature {f.name!r}: duration needs a session window and takes no field or where")
+    elif f.agg == "count":
         if f.field is not None:
             raise ValueError(f"feature {f.name!r}: count takes no field (filter with where=)")
     elif f.field is None:

@@ -57,6 +57,7 @@ SPEC = FeatureSpec(
         Aggregate("max_price_s20m", "max", S20M, "price"),
         Aggregate("products_s20m", "distinct", S20M, "product_id"),
         Aggregate("last_price_s20m", "last", S20M, "price"),
+        Aggregate("duration_s20m", "duration", S20M),
         Ratio("views_per_event_s20m", "views_s90", "events_s20m"),
         Aggregate("events_5m", "count", Window.sliding("5m")),
         Recency("since_last"),
@@ -218,4 +219,5 @@ def test_an_idle_entitys_session_closes_without_further_events_from_it(kafka_boo
     f = r["features"]
     assert (f["events_s90"], f["spend_s90"], f["events_s20m"], f["max_price_s20m"]) == (3.0, 16.5, 3.0, 10.0)
     assert f["mean_price_s20m"] == np.float32(16.5 / 3).item() and f["last_price_s20m"] == 1.5
+    assert f["duration_s20m"] == 40.0
     assert isinstance(r["score"], float) and r["guarantee"] == guarantee

@@ -59,6 +59,7 @@ def session_spec(gaps: Sequence[int] = (10, 25), grace_ms: int = 50, idle_ttl_ms
             Aggregate(f"last_g{g}", "last", w, "price"),
             Aggregate(f"lastb_g{g}", "last", w, "price", where=("b",)),
             Ratio(f"avg_g{g}", f"sum_g{g}", f"n_g{g}"),
+            Aggregate(f"dur_g{g}", "duration", w),
         ]
     feats += [Aggregate("n_t100", "count", Window.tumbling(100)), Aggregate("sum_t100", "sum", Window.tumbling(100), "price")]
     return FeatureSpec("sessions", tuple(feats), grace_ms=grace_ms, idle_ttl_ms=idle_ttl_ms)
@@ -108,6 +109,9 @@ class SessionOracle(Oracle):
                 v = NAN if b == 0 or math.isnan(b) else a / b
             elif f.window.kind != "session":
                 v = _aggregate(f, [e for e in hist if in_window(f.window, e["ts"], ts)])
+            elif f.agg == "duration":
+                times = [hist[i]["ts"] for i in mine[f.window]]
+                v = (max(times) - min(times)) / 1000
             elif f.agg in ("sum", "mean"):
                 session = mine[f.window]
                 sums = self.sums[(key, f.name)]
@@ -265,6 +269,14 @@ def test_spec_round_trip_and_validation() -> None:
         Window.from_dict({"kind": "session", "gap": "1m", "size": "1m"})
     with pytest.raises(ValueError, match="missing key 'gap'"):
         FeatureSpec.from_dict({"features": [{"name": "n", "agg": "count", "window": {"kind": "session"}}]})
+    with pytest.raises(ValueError, match="duration needs a session window"):
+        FeatureSpec("x", (Aggregate("d", "duration", Window.tumbling("1m")),))
+    with pytest.raises(ValueError, match="duration needs a session window and takes no field or where"):
+        FeatureSpec("x", (Aggregate("d", "duration", w, where=("a",)),))
+    only = FeatureSpec("x", (Aggregate("d", "duration", w),))  # a session window with no slots
+    computer = FeatureComputer(only)
+    state = computer.new_state()
+    assert [computer.update(state, ev(i, t)) for i, t in enumerate((0, 90_000, 30_000))] == [[0.0], [90.0], [90.0]]
     with pytest.raises(ValueError, match="idle_ttl .* session gap"):
         FeatureSpec("x", (Aggregate("n", "count", Window.session("2h")),), idle_ttl_ms=3_600_000)
 
