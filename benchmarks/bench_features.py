@@ -145,6 +145,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def with_session_features(spec: FeatureSpec) -> FeatureSpec:
+    """`spec` plus events, spend and distinct products over a 30-minute session window."""
+    from features.spec import Aggregate, Window
+
+    s30 = Window.session("30m")
+    extra = (Aggregate("events_session", "count", s30), Aggregate("spend_session", "sum", s30, "price"),
+             Aggregate("products_session", "distinct", s30, "product_id"))
+    return FeatureSpec(f"{spec.name}+sessions", spec.features + extra, spec.entity, spec.grace_ms, spec.idle_ttl_ms)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_features", description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -156,9 +166,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--zipf", type=float, default=1.0, help="activity skew: user weight ~ (rank + 10) ** -zipf")
     ap.add_argument("--computer", default=None, help="module:Class or file.py:Class (default: features.compute)")
     ap.add_argument("--json", dest="json_path", default=None, help="write the figures here")
+    ap.add_argument("--spec", default=None,
+                    help="feature spec YAML (FeatureSpec.to_dict shape); default: the 38-column clickstream spec")
+    ap.add_argument("--with-sessions", action="store_true",
+                    help="the default spec plus three 30-minute session-window features (cost of a session window)")
     args = ap.parse_args(argv)
 
     spec = clickstream_spec()
+    if args.spec:
+        import yaml
+
+        spec = FeatureSpec.from_dict(yaml.safe_load(Path(args.spec).read_text()))
+    elif args.with_sessions:
+        spec = with_session_features(spec)
     t0 = time.perf_counter()
     events = synthetic_events(args.events, args.users, args.seed, args.sessions_per_user_day, args.zipf)
     span_days = (max(e["ts"] for e in events) - min(e["ts"] for e in events)) / DAY_MS

@@ -193,6 +193,22 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """Reporting of closed sessions (specs with session windows; docs/features.md).
+
+    Attributes:
+        closed_topic: topic for one "session closed" record per closed session (scored by the
+            serving model, in the batch's transaction); None (the default) reports nothing.
+        idle_close_ms: wall-clock ms without input after which a partition's whole store is swept
+            for sessions the watermark has already closed; None disables it. Never closes a
+            session the watermark has not closed.
+    """
+
+    closed_topic: str | None = None
+    idle_close_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything a scoring process needs. Times are milliseconds unless the name says otherwise.
 
@@ -231,6 +247,7 @@ class EngineConfig:
             settings win and a conflicting value is an error (`engine.kafka_clients`).
         retrain: the retraining worker's section (`engine.retrain_config`, docs/retraining.md).
         monitor: drift/performance monitors and retraining triggers (`MonitorConfig`).
+        sessions: closed-session records (`SessionsConfig`).
     """
 
     bootstrap_servers: str | None = None
@@ -263,6 +280,7 @@ class EngineConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -299,6 +317,21 @@ class EngineConfig:
             check_user_settings(self.kafka)
         except KafkaSettingConflict as exc:
             raise ConfigError(str(exc)) from None
+        self._validate_sessions(need)
+
+    def _validate_sessions(self, need: Any) -> None:
+        closed, idle = self.sessions.closed_topic, self.sessions.idle_close_ms
+        if closed is not None:
+            need(isinstance(closed, str) and closed and closed not in (self.input_topic, self.scores_topic, self.dlq_topic),
+                 f"sessions.closed_topic must be a topic name distinct from the others, got {closed!r}")
+            need(any(w.kind == "session" for w in self.features.windows),
+                 "sessions.closed_topic is set but the feature spec has no session window")
+            need(self.expiry_scan_per_batch > 0,
+                 "sessions.closed_topic needs expiry_scan_per_batch > 0 (the sweep finds idle entities' sessions)")
+        if idle is not None:
+            need(closed is not None, "sessions.idle_close_ms needs sessions.closed_topic")
+            need(isinstance(idle, int) and not isinstance(idle, bool) and 100 <= idle <= 86_400_000,
+                 f"sessions.idle_close_ms must be in [100, 86400000], got {idle!r}")
 
     def with_overrides(self, **overrides: Any) -> EngineConfig:
         """A copy with the non-None overrides applied (for CLI flags)."""

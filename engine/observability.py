@@ -58,6 +58,9 @@ class EngineMetrics:
             "streamscore_expired_records", "Idle entity records deleted by the expiry sweep", registry=r
         )
         self.aborted_batches = Counter("streamscore_aborted_batches", "Batch transactions aborted", registry=r)
+        self.sessions_closed = Counter(
+            "streamscore_sessions_closed", "Closed sessions reported on sessions.closed_topic", registry=r
+        )
         self.assigned = Gauge("streamscore_assigned_partitions", "Input partitions owned", registry=r)
         self.consumer_lag = Gauge(
             "streamscore_consumer_lag", "Input messages behind the high watermark after the last batch, by partition",

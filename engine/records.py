@@ -82,3 +82,47 @@ def dlq_headers(reason: str, error: str, topic: str, partition: int, offset: int
 def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     """Decode Kafka headers to a str dict (for consumers of the DLQ and for tests)."""
     return {k: v.decode() if v is not None else "" for k, v in (headers or [])}
+
+
+SESSION_CLOSED_SCHEMA_VERSION = 1
+
+
+def session_closed_records(
+    closed: Sequence[Any],
+    scores: Sequence[float],
+    models: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    feature_spec: str,
+    feature_names: Sequence[str],
+    guarantee: str,
+    closed_ts: int,
+) -> list[dict[str, Any]]:
+    """Messages for the `sessions.closed_topic`: one per `features.sessions.ClosedSession`,
+    key = entity, value = JSON (`schema_version` 1):
+
+        {"schema_version": 1, "entity": str, "gap_ms": int, "session_start": int ms,
+         "session_end": int ms, "score": float, "model": {"name", "version"},
+         "variant": "champion"|"canary", "feature_spec": "fs-…", "guarantee": str,
+         "closed_ts": int ms (wall clock), "features": {name: float|null}}
+
+    ``features`` is the row of the last event processed into the session (float32 values, as
+    scored); ``score`` is the serving model's score of that row when the session closed.
+    """
+    out = []
+    for s, score, model, variant in zip(closed, scores, models, variants):
+        rec = {
+            "schema_version": SESSION_CLOSED_SCHEMA_VERSION,
+            "entity": s.entity,
+            "gap_ms": s.window.size_ms,
+            "session_start": s.start,
+            "session_end": s.end,
+            "score": score,
+            "model": model,
+            "variant": variant,
+            "feature_spec": feature_spec,
+            "guarantee": guarantee,
+            "closed_ts": closed_ts,
+            "features": {n: (None if math.isnan(v) else v) for n, v in zip(feature_names, s.vector().tolist())},
+        }
+        out.append({"key": s.entity.encode(), "value": orjson.dumps(rec)})
+    return out

@@ -44,12 +44,14 @@ from engine.observability import EngineMetrics, serve_http
 from engine.query import QueryServer, client_id, drop_serving_of_deleted, serving_records
 from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
+from engine.sessions import closed_session_messages
 from engine.stages import StageClock
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, cluster_metadata, ensure_topics
 from features.compute import FeatureComputer
 from features.executor import PartitionClock, expired_keys, process_batch
 from features.schema import LATE, InvalidEvent
+from features.sessions import ClosedSession, close_sessions
 
 log = logging.getLogger("streamscore.engine")
 
@@ -66,6 +68,7 @@ FAILED = "error"  # the loop raised
 # idle_exit_s for one before giving up: a killed member's partitions are only reassigned once its
 # session has timed out (and the rebalance completes).
 ASSIGNMENT_WAIT_SESSIONS = 3
+IDLE_SWEEP_CHUNK = 10_000  # stored records the idle close examines per partition per loop turn
 
 
 class DeliveryFailed(RuntimeError):
@@ -89,6 +92,7 @@ class RunStats:
     restored_records: int = 0
     expired_records: int = 0
     retrain_triggers: int = 0
+    sessions_closed: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
@@ -109,6 +113,7 @@ class RunStats:
             "restored_records": self.restored_records,
             "expired_records": self.expired_records,
             "retrain_triggers": self.retrain_triggers,
+            "sessions_closed": self.sessions_closed,
             "latency_ms": self.latency_ms,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.consumed / self.seconds, 1) if self.seconds else 0.0,
@@ -127,6 +132,7 @@ class _BatchCounts:
     scored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     evaluations: list[Evaluation] = field(default_factory=list)
+    closed: list[ClosedSession] = field(default_factory=list)  # reported with the batch (if configured)
 
 
 @dataclass
@@ -139,6 +145,9 @@ class _Partition:
     # only for a partition that has returned nothing yet and so has no position (see `_lag`).
     start: int | None = None
     monitor: PartitionMonitor | None = None  # as of the last committed batch, plus the batch in flight
+    last_input: float = field(default_factory=time.monotonic)  # wall clock (monotonic) of its last input
+    idle_swept: bool = False  # swept whole since its last input (sessions.idle_close_ms)
+    idle_after: str | None = None  # the idle sweep resumes after this key
 
     def reload_monitor(self) -> None:
         """The monitor state of the last committed batch (the store's copy)."""
@@ -169,6 +178,7 @@ class ScoringEngine:
         self._lag_labels: set[str] = set()
         self._state_root = cfg.state_dir / cfg.features.hash
         self._changelog = changelog_topic(cfg.group_id, cfg.input_topic, cfg.features.hash)
+        self._closed_topic = cfg.sessions.closed_topic  # None: closed sessions are not reported
         md = cluster_metadata(bootstrap, client=cfg.kafka)  # BrokerUnreachable, before any client retries
         required: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"}
         if self._eos:
@@ -205,8 +215,10 @@ class ScoringEngine:
         return f"streamscore-{self.cfg.group_id}-{instance}"
 
     def _prepare_topics(self, md: Any) -> None:
-        missing = [t for t in (self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic)
-                   if t not in md.topics or md.topics[t].error is not None]
+        wanted = [self.cfg.input_topic, self.cfg.scores_topic, self.cfg.dlq_topic]
+        if self._closed_topic is not None:
+            wanted.append(self._closed_topic)
+        missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]
         if missing:
             raise TopicsMissing(f"topics {missing} do not exist on {self.bootstrap}: create them with "
                                 "`streamscore topics create` (or your cluster's tooling)")
@@ -285,6 +297,8 @@ class ScoringEngine:
                 self.metrics.last_loop = now
                 if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
                     self._publish_models()
+                if not msgs and self.cfg.sessions.idle_close_ms is not None:
+                    self._close_idle_partitions(now)
                 if msgs:
                     self._process(msgs)
                 if self._partitions:
@@ -464,6 +478,7 @@ class ScoringEngine:
                     continue
                 next_offset = pmsgs[-1].offset() + 1
                 self._counts.consumed += len(pmsgs)
+                part.last_input, part.idle_swept, part.idle_after = time.monotonic(), False, None
                 states = self._score_partition(part, pmsgs)
                 if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
                     self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
@@ -474,6 +489,7 @@ class ScoringEngine:
                 applied = max(next_offset, part.applied or 0)
                 writes.append((partition, part, states, part.clock.encode(), applied))
                 commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
+            self._report_closed()
             self.stages.skip()
             if self._eos:
                 self._produce_changelog(writes)
@@ -501,6 +517,7 @@ class ScoringEngine:
             self._consumer.commit(offsets=commits, asynchronous=False)
             self.stages.lap("commit")
         self.stages.finish()
+        self._account_closed()
         self._account(msgs, t0)
         self._record_lag(commits)
 
@@ -521,9 +538,96 @@ class ScoringEngine:
         records = part.store.scan(part.sweep_after, limit)
         part.sweep_after = records[-1][0] if len(records) == limit else None
         untouched = [(key, raw) for key, raw in records if key not in states]
+        if self._closed_topic is not None:
+            self._close_sessions(part, untouched, states)
+            return
         for key in expired_keys(self._computer, untouched, part.clock.watermark):  # type: ignore[arg-type]
             states[key] = None
             self._counts.expired += 1
+
+    def _close_sessions(self, part: _Partition, records: list[tuple[str, bytes]],
+                        states: dict[str, bytes | None]) -> None:
+        """The sweep when closed sessions are reported: close the sessions of `records` that the
+        watermark has passed (and delete dead records, as `expired_keys` would)."""
+        closed, changed = close_sessions(self._computer, records, part.clock.watermark)  # type: ignore[arg-type]
+        self._counts.closed.extend(closed)
+        self._counts.expired += sum(1 for raw in changed.values() if raw is None)
+        states.update(changed)
+
+    def _report_closed(self) -> None:
+        """Produce the batch's closed-session records (in its transaction), if configured."""
+        if self._closed_topic is None or not self._counts.closed:
+            return
+        msgs = closed_session_messages(self._counts.closed, self._router, self.cfg.features,
+                                       self.cfg.guarantee, int(time.time() * 1000))
+        self._produce_batch(self._closed_topic, msgs, self._on_delivery)
+
+    def _close_idle_partitions(self, now: float) -> None:
+        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long,
+        `IDLE_SWEEP_CHUNK` records per partition per loop turn until each is swept whole (once
+        per idle spell), reporting the sessions their watermark has already closed. Each turn
+        that closes something is a transaction of its own: records, changelog, and the (unmoved)
+        input offsets, which fences it like a batch if the group has moved on."""
+        idle_s = self.cfg.sessions.idle_close_ms / 1000.0  # type: ignore[operator]
+        due = [(p, part) for p, part in self._partitions.items()
+               if not part.idle_swept and now - part.last_input >= idle_s and part.clock.watermark is not None
+               and part.applied is not None]
+        if not due:
+            return
+        self._counts = _BatchCounts()
+        writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
+        cursors: list[tuple[_Partition, str | None]] = []
+        for p, part in due:
+            states: dict[str, bytes | None] = {}
+            records = part.store.scan(part.idle_after, IDLE_SWEEP_CHUNK)
+            self._close_sessions(part, records, states)
+            cursors.append((part, records[-1][0] if len(records) == IDLE_SWEEP_CHUNK else None))
+            if states:
+                writes.append((p, part, states, part.clock.encode(), part.applied))  # type: ignore[arg-type]
+        if writes:
+            commits = [TopicPartition(self.cfg.input_topic, p, applied) for p, _, _, _, applied in writes]
+            if not self._commit_outputs(writes, commits):
+                return
+            for partition, part, states, clock, applied in writes:
+                part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
+            self._account_closed()
+            self.stats.expired_records += self._counts.expired
+            self.metrics.expired_records.inc(self._counts.expired)
+            log.info("idle close: partitions %s, %d sessions closed", [p for p, *_ in writes], len(self._counts.closed))
+        for part, after in cursors:
+            part.idle_after, part.idle_swept = after, after is None
+
+    def _commit_outputs(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]],
+                        commits: list[TopicPartition]) -> bool:
+        """Outputs of a unit of work without input (the idle close): closed-session records and
+        changelog, in one transaction with `commits` (exactly_once), or delivered in that order
+        (at_least_once). False if the transaction was aborted (nothing visible; retried later)."""
+        if self._eos:
+            self._producer.begin_transaction()
+        try:
+            self._report_closed()
+            if self._eos:
+                self._produce_changelog(writes)
+                self._await_deliveries()
+                self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
+                self._commit_transaction()
+            else:
+                self._await_deliveries()
+                self._produce_changelog(writes)
+                self._await_deliveries()
+        except KafkaException as exc:
+            if not self._eos or not _abortable(exc):
+                raise
+            log.warning("aborting idle-close transaction (%s); will retry", exc)
+            self._producer.abort_transaction(60)
+            return False
+        return True
+
+    def _account_closed(self) -> None:
+        """Count the committed unit of work's reported sessions (expired records: `_account`)."""
+        if self._closed_topic is not None:
+            self.stats.sessions_closed += len(self._counts.closed)
+            self.metrics.sessions_closed.inc(len(self._counts.closed))
 
     def _account(self, msgs: list[Message], t0: float) -> None:
         c = self._counts
@@ -614,6 +718,7 @@ class ScoringEngine:
         self.stages.lap("state_read")
         result = process_batch(self._computer, part.clock, events, stored)
         self.stages.lap("features")
+        self._counts.closed.extend(result.closed)
         for i in result.late:
             self._dead_letter(
                 sources[i], LATE,

@@ -15,6 +15,13 @@ need (count, non-null count, sum, min, max, distinct list, [ts, last value]), in
 use by the spec's features. A window's value is the merge of the panes it covers, always merged
 in ascending start order so floating-point sums are reproducible (docs/features.md).
 
+A session window stores its open sessions instead of panes, sorted by time (they are disjoint and
+more than the gap apart): ``[start_ms, end_ms, row, slot1, slot2, ...]`` where start/end are the
+least and greatest event times in the session and ``row`` is the feature row of the last event
+processed into it (what a "session closed" record reports, `features.sessions`). The slots hold
+the whole session, so a read is the event's session itself; an event that bridges two sessions
+merges the later one into the earlier (slots folded in ascending time order) before it is added.
+
 How it is fast. The spec is known at construction, so instead of interpreting a per-slot program
 for every event, `FeatureComputer` generates the Python source of two functions specialised to
 the spec (see `_Codegen`) and compiles them once:
@@ -23,7 +30,9 @@ the spec (see `_Codegen`) and compiles them once:
   ``where`` filter is tested once per window, the pane of the event is found with an in-order fast
   path (last pane, or a new pane appended), every window's covered panes are merged in one loop
   (the tumbling case reads its single pane directly), and the row is a list display of locals.
-- ``prune(state, watermark)``: drops the panes no event at or after the watermark can read.
+- ``prune(state, watermark, closed)``: drops the panes no event at or after the watermark can
+  read, and the sessions no such event can join (appended to `closed` as ``(window index,
+  session)`` when a list is given).
 
 The generated source is kept in `FeatureComputer.source` (print it to see exactly what runs).
 """
@@ -58,6 +67,10 @@ _N, _NV, _SUM, _MIN, _MAX, _SET, _LAST = "n", "nv", "sum", "min", "max", "set", 
 _SLOT_INIT = {_N: "0", _NV: "0", _SUM: "0.0", _MIN: "None", _MAX: "None", _SET: "[]", _LAST: "None"}
 
 _START = itemgetter(0)
+_END = itemgetter(1)
+# A session is [start, end, row, slots...]: slot i (1-based, as in panes) is at i + SESSION_OFF.
+SESSION_START, SESSION_END, SESSION_ROW = 0, 1, 2
+SESSION_OFF = 2
 
 
 def _insert_pane(panes: list[list[Any]], pane: list[Any]) -> int:
@@ -79,14 +92,18 @@ class _WindowPlan:
         self.kind = window.kind
         self.size = window.size_ms
         self.pane = window.pane_ms
-        # Number of panes a read covers (tumbling 1, hopping size/hop, sliding: open-ended).
-        self.span = window.size_ms // window.pane_ms if window.kind != "sliding" else 0
+        # Number of panes a read covers (tumbling 1, hopping size/hop, sliding and session: open-ended).
+        self.span = window.size_ms // window.pane_ms if window.kind in ("tumbling", "hopping") else 0
 
     def slot(self, kind: str, field: str | None, where: frozenset[str] | None) -> int:
         key = (kind, field, where)
         if key not in self.slots:
             self.slots.append(key)
         return self.slots.index(key) + 1  # +1: index 0 of a pane is its start time
+
+    @property
+    def is_session(self) -> bool:
+        return self.kind == "session"
 
     def pane_start(self, ts: int) -> int:
         return ts - ts % self.pane
@@ -187,7 +204,10 @@ class _Codegen:
             e(2, f"r{i} = (ts - prev) / 1000.0 if ts > prev else 0.0")
             e(2, "if ts > prev" + ("" if cond is None else f" and {cond}") + f": state[{at}] = ts")
         for wi, plan in enumerate(c._plans):
-            self.window(wi, plan)
+            if plan.is_session:
+                self.session(wi, plan)
+            else:
+                self.window(wi, plan)
         self.columns()
         return "\n".join(self.lines)
 
@@ -213,27 +233,7 @@ class _Codegen:
         e(2, f"k = _insert_pane(panes, [{init}]); pane = panes[k]")
         if cached:
             e(2, f"C = cache[{wi}] = None")
-        # Slot updates, grouped by filter so each distinct `where` is tested once.
-        groups: dict[frozenset[str] | None, list[tuple[int, str, str | None]]] = {}
-        for idx, (kind, fld, where) in enumerate(plan.slots, start=1):
-            groups.setdefault(where, []).append((idx, kind, fld))
-        for where, slots in groups.items():
-            cond = self.test(where)
-            depth = 1
-            if cond is not None:
-                e(1, f"if {cond}:")
-                depth = 2
-            by_field: dict[str | None, list[tuple[int, str]]] = {}
-            for idx, kind, fld in slots:
-                by_field.setdefault(None if kind == _N else fld, []).append((idx, kind))
-            for fld, items in by_field.items():
-                d = depth
-                if fld is not None:
-                    v = self.var(fld)
-                    e(depth, f"if {v} is not None:")
-                    d = depth + 1
-                for idx, kind in items:
-                    self.slot_update(d, idx, kind, None if fld is None else self.var(fld))
+        self.slot_updates(plan)
         names = [f"w{wi}_{idx}" for idx in range(1, len(plan.slots) + 1)]
         if not cached:
             if plan.span == 1:  # tumbling (or hop == size): the event's pane is the window
@@ -279,6 +279,72 @@ class _Codegen:
                 e(1, f"{n} = C[{idx}]")
                 self.fold(1, n, kind, f"pane[{idx}]")
 
+    def slot_updates(self, plan: _WindowPlan, off: int = 0) -> None:
+        """Add the event to every slot of ``pane``, grouped by filter so each distinct `where`
+        is tested once."""
+        e = self.emit
+        groups: dict[frozenset[str] | None, list[tuple[int, str, str | None]]] = {}
+        for idx, (kind, fld, where) in enumerate(plan.slots, start=1):
+            groups.setdefault(where, []).append((idx, kind, fld))
+        for where, slots in groups.items():
+            cond = self.test(where)
+            depth = 1
+            if cond is not None:
+                e(1, f"if {cond}:")
+                depth = 2
+            by_field: dict[str | None, list[tuple[int, str]]] = {}
+            for idx, kind, fld in slots:
+                by_field.setdefault(None if kind == _N else fld, []).append((idx, kind))
+            for fld, items in by_field.items():
+                d = depth
+                if fld is not None:
+                    v = self.var(fld)
+                    e(depth, f"if {v} is not None:")
+                    d = depth + 1
+                for idx, kind in items:
+                    self.slot_update(d, idx, kind, None if fld is None else self.var(fld), off)
+
+    def session(self, wi: int, plan: _WindowPlan) -> None:
+        """Session window: find (or open) the event's session, merging the next one when the
+        event bridges the gap between them, add the event, read the session's slots."""
+        e = self.emit
+        gap = plan.size
+        init = ", ".join(["ts", "ts", "None"] + [_SLOT_INIT[k] for k, _, _ in plan.slots])
+        e(1, f"# window {wi}: session gap={gap}")
+        e(1, f"sess = state[{self.c._panes_at + wi}]")
+        e(1, "k = len(sess) - 1")
+        # In order (or inside the last session's span): joins the last session.
+        e(1, f"if k >= 0 and sess[k][0] <= ts and ts - sess[k][1] <= {gap}:")
+        e(2, "pane = sess[k]")
+        e(2, "if ts > pane[1]: pane[1] = ts")
+        # After every session and beyond the last one's reach: a new session.
+        e(1, f"elif k < 0 or ts - sess[k][1] > {gap}:")
+        e(2, f"pane = [{init}]; sess.append(pane)")
+        # Before the last session's start: the first session whose end the event reaches.
+        e(1, "else:")
+        e(2, f"i = _bisect_left(sess, ts - {gap}, key=_END)")
+        e(2, "pane = sess[i]")
+        e(2, f"if pane[0] - ts > {gap}:")  # short of it too: a new session before it
+        e(3, f"pane = [{init}]; sess.insert(i, pane)")
+        e(2, "else:")
+        e(3, "if ts < pane[0]: pane[0] = ts")
+        e(3, "elif ts > pane[1]: pane[1] = ts")
+        e(3, f"if i < k and sess[i + 1][0] - ts <= {gap}:")  # bridges the gap to the next one
+        e(4, "q = sess.pop(i + 1); pane[1] = q[1]")
+        for idx, (kind, _, _) in enumerate(plan.slots, start=1):
+            j = idx + SESSION_OFF
+            if kind == _SET:
+                e(4, f"x = pane[{j}]")
+                e(4, f"for v in q[{j}]:")
+                e(5, "if v not in x: x.append(v)")
+            else:
+                self.fold(4, f"pane[{j}]", kind, f"q[{j}]")
+        self.slot_updates(plan, SESSION_OFF)
+        e(1, f"S{wi} = pane")
+        names = [f"w{wi}_{idx}" for idx in range(1, len(plan.slots) + 1)]
+        if names:  # none when the window's only feature is its duration
+            e(1, f"{', '.join(names)}{',' if len(names) == 1 else ''} = pane[{1 + SESSION_OFF}:]")
+
     def fold(self, d: int, acc: str, kind: str, item: str) -> None:
         """Fold the slot value `item` of the next (higher) pane into `acc`."""
         e = self.emit
@@ -312,8 +378,10 @@ class _Codegen:
         for idx, (kind, _, _) in enumerate(plan.slots, start=1):
             self.fold(2, names[idx - 1], kind, f"q[{idx}]")
 
-    def slot_update(self, d: int, idx: int, kind: str, v: str | None) -> None:
+    def slot_update(self, d: int, idx: int, kind: str, v: str | None, off: int = 0) -> None:
+        """Add the event's value `v` to slot `idx` of ``pane`` (at ``pane[idx + off]``)."""
         e = self.emit
+        idx += off
         if kind in (_N, _NV):
             e(d, f"pane[{idx}] += 1")
         elif kind == _SUM:
@@ -338,7 +406,9 @@ class _Codegen:
             if what == "agg":
                 wi, agg, slots = arg
                 s = [f"w{wi}_{i}" for i in slots]
-                if agg in ("count", "sum"):
+                if agg == "duration":
+                    e(1, f"c{col} = (S{wi}[{SESSION_END}] - S{wi}[{SESSION_START}]) / 1000.0")
+                elif agg in ("count", "sum"):
                     e(1, f"c{col} = float({s[0]})")
                 elif agg == "mean":
                     e(1, f"c{col} = {s[0]} / {s[1]} if {s[1]} else NAN")
@@ -370,7 +440,14 @@ class _Codegen:
                     lit = repr(cat) if isinstance(cat, str) else self.const(cat)
                     e(1, f"c{col + j} = 1.0 if {v} == {lit} else 0.0")
                     out.append(f"c{col + j}")
-        e(1, f"return [{', '.join(out)}]")
+        sessions = [wi for wi, p in enumerate(self.c._plans) if p.is_session]
+        if not sessions:
+            e(1, f"return [{', '.join(out)}]")
+            return
+        e(1, f"row = [{', '.join(out)}]")
+        for wi in sessions:  # the session's report if it closes now (features.sessions)
+            e(1, f"S{wi}[{SESSION_ROW}] = row")
+        e(1, "return row")
 
     # -- prune ----------------------------------------------------------------------------------
 
@@ -378,10 +455,25 @@ class _Codegen:
         c = self.c
         e = self.emit
         self.lines = []
-        e(0, "def prune(state, watermark):")
+        e(0, "def prune(state, watermark, closed=None):")
         e(1, f"del state[{c._size}:]  # drop the in-memory merge caches")
         e(1, "empty = True")
         for wi, plan in enumerate(c._plans):
+            if plan.is_session:
+                # Sessions ending before watermark - gap: no event at or after the watermark
+                # can join them. They are sorted by end too (disjoint), so they form a prefix.
+                e(1, f"sess = state[{c._panes_at + wi}]")
+                e(1, "if sess:")
+                e(2, f"lo = watermark - {plan.size}")
+                e(2, "if sess[0][1] < lo:")
+                e(3, "i = 1; n = len(sess)")
+                e(3, "while i < n and sess[i][1] < lo:")
+                e(4, "i += 1")
+                e(3, f"if closed is not None: closed.extend([({wi}, q) for q in sess[:i]])")
+                e(3, "del sess[:i]")
+                e(2, "if sess:")
+                e(3, "empty = False")
+                continue
             e(1, f"panes = state[{c._panes_at + wi}]")
             e(1, "if panes:")
             e(2, f"lo = {plan.lo_src(plan.start_src('watermark'))}")
@@ -424,8 +516,10 @@ class FeatureComputer:
                 plan = self._plans[wi]
                 if f.field is not None:
                     self._fields.add(f.field)
-                if f.agg == "count":
-                    arg: Any = (plan.slot(_N, None, where),)
+                if f.agg == "duration":
+                    arg: Any = ()  # read from the session's start and end
+                elif f.agg == "count":
+                    arg = (plan.slot(_N, None, where),)
                 elif f.agg in ("sum", "mean"):
                     arg = (plan.slot(_SUM, f.field, where), plan.slot(_NV, f.field, where))
                 elif f.agg == "min":
@@ -461,7 +555,8 @@ class FeatureComputer:
         update_src = gen.update()
         prune_src = gen.prune()
         self.source = f"{update_src}\n\n\n{prune_src}\n"
-        namespace: dict[str, Any] = {"NAN": NAN, "_insert_pane": _insert_pane, **gen.consts}
+        namespace: dict[str, Any] = {"NAN": NAN, "_insert_pane": _insert_pane, "_bisect_left": bisect_left,
+                                     "_END": _END, **gen.consts}
         exec(compile(self.source, f"<features.compute {spec.hash}>", "exec"), namespace)
         self._update = namespace["update"]
         self._prune = namespace["prune"]
@@ -502,14 +597,21 @@ class FeatureComputer:
 
     # -- expiry -----------------------------------------------------------------------------
 
-    def prune(self, state: list[Any], watermark: int) -> bool:
-        """Drop panes no event at or after `watermark` can read. Return True if the whole record
-        is dead (no panes left and idle past the TTL): the caller may delete it.
+    def prune(self, state: list[Any], watermark: int, closed: list[tuple[int, list[Any]]] | None = None) -> bool:
+        """Drop panes no event at or after `watermark` can read, and sessions no such event can
+        join (``end + gap < watermark``; appended to `closed` as ``(window index, session)``
+        if given, in window then time order). Return True if the whole record is dead (no panes
+        or sessions left and idle past the TTL): the caller may delete it.
 
         Invisible to feature values by construction: a non-late event has ts >= watermark, and
         every window's lowest covered pane start is monotonic in ts.
         """
-        return self._prune(state, watermark)
+        return self._prune(state, watermark, closed)
+
+    @property
+    def session_windows(self) -> list[int]:
+        """Indices (into `spec.windows`) of the session windows."""
+        return [i for i, p in enumerate(self._plans) if p.is_session]
 
     def expired(self, raw: bytes, watermark: int) -> bool:
         """``prune(decode(raw), watermark)`` for a stored record, without decoding the (common)

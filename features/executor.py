@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from features.compute import FeatureComputer
+from features.sessions import ClosedSession, reports
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -60,12 +61,14 @@ class BatchResult:
         scored: indices (into the input events) that were applied and have a row.
         late: indices of late events (state untouched; dead-letter them with reason "late").
         states: new encoded state per touched entity; ``None`` means delete the record.
+        closed: sessions of touched entities that the batch's watermark closed (features.sessions).
     """
 
     rows: np.ndarray
     scored: list[int]
     late: list[int]
     states: dict[str, bytes | None] = field(default_factory=dict)
+    closed: list[ClosedSession] = field(default_factory=list)
 
 
 def process_batch(
@@ -107,10 +110,15 @@ def process_batch(
     clock.max_ts = max_ts
     out: dict[str, bytes | None] = {}
     watermark = clock.watermark
+    closed: list[ClosedSession] = []
+    found: list[tuple[int, list[Any]]] = []
     for key, state in live.items():
-        dead = watermark is not None and computer.prune(state, watermark)
+        dead = watermark is not None and computer.prune(state, watermark, found)
+        if found:
+            closed.extend(reports(computer, key, found))
+            found.clear()
         out[key] = None if dead else computer.encode(state)
-    return BatchResult(float32_rows(rows, computer.width), scored, late, out)
+    return BatchResult(float32_rows(rows, computer.width), scored, late, out, closed)
 
 
 def float32_rows(rows: Sequence[Sequence[float]], width: int) -> np.ndarray:

@@ -4,12 +4,19 @@ The log is read in its stored order, which must be the order the live topic hold
 per partition). Events are routed to partitions with the live topic's partitioner and run through
 `features.executor.process_batch`, the same function the engine runs, so each row equals the
 vector the engine computed (or would compute) for that event, bit for bit.
+
+Closed sessions (specs with session windows): the table also lists every session closed by its
+partition's final watermark (`features.sessions`), found at batch ends for the entities a batch
+touched and, at the end of the log, by `close_sessions` over every stored record, exactly what the
+engine's batches and sweep report (each once) for the same input. Sessions still open at the end
+of the log are not reported: the log does not say that they ended. Wall-clock idleness has no
+offline meaning and plays no part here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from features.eventlog import read_events
 from features.executor import PartitionClock, process_batch
 from features.partitioning import kafka_partition
 from features.schema import EventSchema
+from features.sessions import ClosedSession, close_sessions
 from features.spec import FeatureSpec
 
 PROGRESS_EVERY = 16_384  # events between progress callbacks
@@ -35,6 +43,8 @@ class FeatureTable:
         ts: int64 event times (ms) per row.
         invalid: count of log lines that failed validation, by reason.
         late: event_ids that were late (no row).
+        closed_sessions: sessions closed by their partition's final watermark, by partition then
+            in the order they were found (specs with session windows; see the module doc).
     """
 
     names: tuple[str, ...]
@@ -46,6 +56,7 @@ class FeatureTable:
     ts: np.ndarray
     invalid: dict[str, int]
     late: list[str]
+    closed_sessions: list[ClosedSession] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -77,6 +88,7 @@ def replay(
     all_events: list[dict[str, Any]] = []
     row_of: dict[int, np.ndarray] = {}
     late_idx: list[int] = []
+    closed: list[list[ClosedSession]] = [[] for _ in range(num_partitions)]
 
     def flush(p: int) -> None:
         batch = pending[p]
@@ -86,6 +98,7 @@ def replay(
         for j, i in enumerate(result.scored):
             row_of[batch[i][0]] = result.rows[j]
         late_idx.extend(batch[i][0] for i in result.late)
+        closed[p].extend(result.closed)
         for key, raw in result.states.items():
             if raw is None:
                 store.pop(key, None)
@@ -107,6 +120,10 @@ def replay(
     for p in range(num_partitions):
         if pending[p]:
             flush(p)
+        watermark = clocks[p].watermark
+        if computer.session_windows and watermark is not None:  # the untouched entities' sessions
+            swept, _ = close_sessions(computer, sorted(stores[p].items()), watermark)
+            closed[p].extend(swept)
 
     if on_progress is not None:
         on_progress("offline features", len(all_events), len(all_events))
@@ -122,6 +139,7 @@ def replay(
         ts=np.fromiter((all_events[i]["ts"] for i in order), dtype=np.int64, count=len(order)),
         invalid=dict(invalid or {}),
         late=[all_events[i]["event_id"] for i in sorted(late_idx)],
+        closed_sessions=[s for part in closed for s in part],
     )
 
 

@@ -14,7 +14,9 @@ semantics; in short, for an event with time ``ts`` that is processed (not late):
 - tumbling(size): the window ``[floor(ts/size)*size, +size)``;
 - hopping(size, hop): the *oldest* hopping window that contains ts, i.e. the ``size/hop`` panes of
   length ``hop`` ending with the pane that contains ts;
-- sliding(size): the continuous window ``(ts - size, ts]``.
+- sliding(size): the continuous window ``(ts - size, ts]``;
+- session(gap): the entity's session containing ts, a maximal run of its events whose
+  consecutive event times are at most ``gap`` apart.
 
 The feature value is the aggregate over every event of the same entity processed so far
 (including this one) whose event time falls in that window.
@@ -38,7 +40,7 @@ NUMERIC_FIELDS = frozenset({"price"})
 CATEGORICAL_FIELDS = frozenset(
     {"event_id", "user_id", "session_id", "event_type", "page", "product_id", "device", "country", "referrer"}
 )
-AGGREGATIONS = ("count", "sum", "mean", "min", "max", "distinct", "last")
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "distinct", "last", "duration")
 _NEEDS_NUMERIC = frozenset({"sum", "mean", "min", "max", "last"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_=.\-]*$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -71,17 +73,22 @@ def format_duration(ms: int) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """An event-time window. Use the constructors `tumbling`, `hopping`, `sliding`."""
+    """An event-time window. Use the constructors `tumbling`, `hopping`, `sliding`, `session`.
 
-    kind: Literal["tumbling", "hopping", "sliding"]
+    A session window stores its gap in `size_ms` (it is the window's reach: two events at most
+    `size_ms` apart are in the same session); see `gap_ms`.
+    """
+
+    kind: Literal["tumbling", "hopping", "sliding", "session"]
     size_ms: int
     hop_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tumbling", "hopping", "sliding"):
-            raise ValueError(f"window kind {self.kind!r} is not tumbling, hopping or sliding")
+        if self.kind not in ("tumbling", "hopping", "sliding", "session"):
+            raise ValueError(f"window kind {self.kind!r} is not tumbling, hopping, sliding or session")
         if self.size_ms <= 0:
-            raise ValueError(f"window size must be > 0 ms, got {self.size_ms}")
+            what = "session gap" if self.kind == "session" else "window size"
+            raise ValueError(f"{what} must be > 0 ms, got {self.size_ms}")
         if self.kind == "hopping":
             if not self.hop_ms or self.hop_ms <= 0 or self.size_ms % self.hop_ms:
                 raise ValueError(
@@ -103,12 +110,28 @@ class Window:
     def sliding(cls, size: int | str) -> Window:
         return cls("sliding", parse_duration(size))
 
+    @classmethod
+    def session(cls, gap: int | str) -> Window:
+        """Gap-based sessions: consecutive event times (in time order) at most `gap` apart
+        (``t2 - t1 <= gap``) belong to the same session."""
+        return cls("session", parse_duration(gap))
+
+    @property
+    def gap_ms(self) -> int:
+        """The session gap (session windows only)."""
+        if self.kind != "session":
+            raise AttributeError(f"a {self.kind} window has no gap")
+        return self.size_ms
+
     @property
     def pane_ms(self) -> int:
-        """Length of one stored pane: size (tumbling), hop (hopping), 1 ms (sliding: exact times)."""
-        return {"tumbling": self.size_ms, "hopping": self.hop_ms or 0, "sliding": 1}[self.kind]
+        """Length of one stored pane: size (tumbling), hop (hopping), 1 ms (sliding: exact times).
+        Session windows store sessions, not panes (0)."""
+        return {"tumbling": self.size_ms, "hopping": self.hop_ms or 0, "sliding": 1, "session": 0}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind == "session":
+            return {"kind": "session", "gap": format_duration(self.size_ms)}
         d: dict[str, Any] = {"kind": self.kind, "size": format_duration(self.size_ms)}
         if self.hop_ms is not None:
             d["hop"] = format_duration(self.hop_ms)
@@ -116,6 +139,10 @@ class Window:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Window:
+        if d.get("kind") == "session":
+            if "size" in d or "hop" in d:
+                raise ValueError("a session window takes only a gap, e.g. {kind: session, gap: 30m}")
+            return cls.session(d["gap"])
         hop = d.get("hop")
         return cls(d["kind"], parse_duration(d["size"]), parse_duration(hop) if hop is not None else None)
 
@@ -128,6 +155,8 @@ class Aggregate:
     field and skip events where it is null; ``distinct`` counts distinct non-null values of any
     field; ``last`` is the value of the matching event with the greatest event time (ties: the
     one processed last). Empty windows give 0 for count/sum/distinct and NaN otherwise.
+    ``duration`` (session windows only, no field or filter) is the session's span in seconds,
+    ``(end - start) / 1000``: its greatest minus its least event time, as of the event.
     """
 
     name: str
@@ -230,7 +259,8 @@ class FeatureSpec:
         grace_ms: allowed lateness. Per partition, watermark = max event time processed - grace;
             an event older than the watermark is late: it updates nothing and is dead-lettered.
         idle_ttl_ms: entity-level memory (recency, session depth) is forgotten after the entity
-            has been idle this long in event time; must be >= the longest window. Bounds state.
+            has been idle this long in event time; must be >= the longest window (and every
+            session gap). Bounds state.
         extra_fields: names of non-canonical event fields (string or null, brought in by the
             schema's ``extra_fields`` mapping) that features may use like categorical fields
             (onehot, distinct). Part of the hash when non-empty.
@@ -337,7 +367,8 @@ class FeatureSpec:
             raise ValueError(f"feature names must match {_NAME.pattern}: {bad}")
         longest = max((w.size_ms for w in self.windows), default=0)
         if self.idle_ttl_ms < longest:
-            raise ValueError(f"idle_ttl ({self.idle_ttl_ms} ms) must be >= the longest window ({longest} ms)")
+            raise ValueError(f"idle_ttl ({self.idle_ttl_ms} ms) must be >= the longest window or session gap "
+                             f"({longest} ms)")
         known = set()
         for f in self.features:
             if isinstance(f, Aggregate):
@@ -358,7 +389,10 @@ class FeatureSpec:
 def _validate_aggregate(f: Aggregate, categorical: frozenset[str] | set[str] = CATEGORICAL_FIELDS) -> None:
     if f.agg not in AGGREGATIONS:
         raise ValueError(f"feature {f.name!r}: aggregation {f.agg!r} is not one of {AGGREGATIONS}")
-    if f.agg == "count":
+    if f.agg == "duration":
+        if f.window.kind != "session" or f.field is not None or f.where is not None:
+            raise ValueError(f"feature {f.name!r}: duration needs a session window and takes no field or where")
+    elif f.agg == "count":
         if f.field is not None:
             raise ValueError(f"feature {f.name!r}: count takes no field (filter with where=)")
     elif f.field is None:

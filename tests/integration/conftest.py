@@ -18,8 +18,11 @@ from engine.config import EngineConfig
 from engine.loadgen import write_jsonl
 from engine.runner import RunStats, ScoringEngine
 from features.clickstream import clickstream_spec
+from features.spec import FeatureSpec
 from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from models.pipeline import train_from_log
+from models.registry import Registry
+from models.testing import make_manifest, small_model_bytes, synthetic_dataset
 from tests.integration.engine_process import scan_topic
 
 HISTORY_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -44,6 +47,17 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     result = train_from_log(history, clickstream_spec(), num_partitions=PARTITIONS, registry_root=root / "registry",
                             model_name="purchase", horizon_ms=3_600_000, promote=True)
     return TrainedModel(root / "registry", history, "purchase", result.version)
+
+
+def register_small_model(root: Path, spec: FeatureSpec, name: str, seed: int = 5) -> Path:
+    """A registry at `root` whose champion `name` is a small logistic regression over `spec`'s
+    columns (synthetic data: the scores mean nothing, the vectors are what is tested)."""
+    X, y, _, _ = synthetic_dataset(n=1_000, d=spec.width, seed=seed)
+    reg = Registry(root)
+    version = reg.register(name, small_model_bytes(X, y, spec.names, kind="logreg"),
+                           make_manifest(spec.names, feature_spec=spec.hash, name=name), reason="test")
+    reg.promote(name, version, reason="test")
+    return root
 
 
 def engine_config(tmp_path: Path, model: TrainedModel, clicks: str, scores: str, dlq: str, **kw: object) -> EngineConfig:

@@ -20,9 +20,7 @@ import pytest
 from engine.records import headers_dict
 from features.partitioning import kafka_partition
 from features.spec import Aggregate, FeatureSpec, Ratio, Recency, Window
-from models.registry import Registry
-from models.testing import make_manifest, small_model_bytes, synthetic_dataset
-from tests.integration.conftest import produce_all, read_all
+from tests.integration.conftest import produce_all, read_all, register_small_model
 from tests.integration.engine_process import CommittedOffsets, EngineProcesses, engine_yaml, wait_until
 
 pytestmark = pytest.mark.integration
@@ -138,13 +136,7 @@ EXPECTED: dict[str, list[float]] = {
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
     """A registry whose champion is a small logistic regression over SPEC's columns."""
-    X, y, _, _ = synthetic_dataset(n=1_000, d=SPEC.width, seed=5)
-    root = tmp_path / "registry"
-    reg = Registry(root)
-    version = reg.register("windows", small_model_bytes(X, y, SPEC.names, kind="logreg"),
-                           make_manifest(SPEC.names, feature_spec=SPEC.hash, name="windows"), reason="test")
-    reg.promote("windows", version, reason="test")
-    return root
+    return register_small_model(tmp_path / "registry", SPEC, "windows", seed=5)
 
 
 def _f32(values: list[float]) -> np.ndarray:

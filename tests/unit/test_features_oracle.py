@@ -191,17 +191,24 @@ class Oracle:
     def partition(self, key: str) -> int:
         return self.partition_of(key, self.n)
 
-    def push(self, event: dict[str, Any]) -> np.ndarray | None:
-        """The event's float32 row, or None if it is late."""
-        spec = self.spec
-        key = event[spec.entity]
+    def admit(self, event: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Lateness: None if the event is late, else advance its partition's max_ts and return
+        the entity's history (the event not yet in it)."""
+        key = event[self.spec.entity]
         p = self.partition(key)
         ts = event["ts"]
         m = self.max_ts.get(p)
-        if m is not None and ts < m - spec.grace_ms:
+        if m is not None and ts < m - self.spec.grace_ms:
             return None
         self.max_ts[p] = ts if m is None else max(m, ts)
-        hist = self.history[key]
+        return self.history[key]
+
+    def push(self, event: dict[str, Any]) -> np.ndarray | None:
+        """The event's float32 row, or None if it is late."""
+        hist = self.admit(event)
+        if hist is None:
+            return None
+        spec, key, ts = self.spec, event[self.spec.entity], event["ts"]
         if hist and ts - max(e["ts"] for e in hist) > spec.idle_ttl_ms:
             self.memory_from[key] = len(hist)  # recency and session memory are forgotten first
         hist.append(event)

@@ -172,7 +172,7 @@ def _agg(**kw: Any) -> Aggregate:
         (lambda: Window.hopping("1h", 0), "size a multiple of hop"),
         (lambda: Window("tumbling", 10, 5), "tumbling window takes no hop"),
         (lambda: Window.sliding(0), "window size must be > 0"),
-        (lambda: Window("rolling", 10), "is not tumbling, hopping or sliding"),
+        (lambda: Window("rolling", 10), "is not tumbling, hopping, sliding or session"),
         (lambda: parse_duration("10 minutes"), "is not like"),
         (lambda: parse_duration(True), "duration must be ms"),
         (lambda: FeatureSpec.from_dict({"features": [{"type": "zscore", "name": "z"}]}), "unknown feature type 'zscore'"),

@@ -325,7 +325,7 @@ def test_expiry_never_changes_values() -> None:
         events.append(e)
 
     class NoPrune(FeatureComputer):
-        def prune(self, state: list[Any], watermark: int) -> bool:
+        def prune(self, state: list[Any], watermark: int, closed: Any = None) -> bool:
             return False
 
     keep_all, kept = run(spec, events, batch=25, computer=NoPrune(spec))
