@@ -24,6 +24,7 @@ The feature value is the aggregate over every event of the same entity processed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -299,9 +300,10 @@ class FeatureSpec:
                 seen.setdefault(f.window, None)
         return tuple(seen)
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        """``fs-`` + 16 hex digits of the sha256 of the canonical semantic description."""
+        """``fs-`` + 16 hex digits of the sha256 of the canonical semantic description (computed once:
+        the spec is immutable, and the engine reads it per batch)."""
         digest = hashlib.sha256(orjson.dumps(self._semantics(), option=orjson.OPT_SORT_KEYS)).hexdigest()
         return f"fs-{digest[:16]}"
 
