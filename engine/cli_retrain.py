@@ -7,7 +7,6 @@ missing, broker unreachable, failed training run). The champion is unchanged in 
 
 from __future__ import annotations
 
-import logging
 import signal
 import time
 from pathlib import Path
@@ -62,7 +61,12 @@ def worker(
 
     from engine.retrain_worker import RetrainWorker, WorkerSetupError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.logs import configure_logging
+
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        _fail(str(exc))
     cfg = _config(config, registry)
     bootstrap = _bootstrap(cfg)
     try:

@@ -262,7 +262,7 @@ def test_the_cli_worker_and_one_shot_report_setup_errors_in_one_line(
     config.write_text(yaml.safe_dump(base))
     result = CliRunner().invoke(app, ["retrain", "worker", "--config", str(config), "--idle-exit", "1"])
     assert result.exit_code == 0, result.output
-    assert orjson.loads(result.output.strip().splitlines()[-1])["triggers"] == 0
+    assert orjson.loads(result.stdout.strip().splitlines()[-1])["triggers"] == 0
 
     for key, value, words in [("input_topic", "no-such-clicks", "['no-such-clicks'] do not exist"),
                               ("retrain", {"trigger_topic": "no-such-triggers", "outcome_topic": t["outcomes"]},
