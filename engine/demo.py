@@ -1,14 +1,17 @@
 """`streamscore demo`: the closed loop on one machine, bounded in time, with a readable summary.
 
 Steps: start (or reuse) the broker -> generate a clickstream history -> build point-in-time
-features offline and train/export/register v1 -> create fresh topics -> run the engine (a
-subprocess) and the retraining worker (a thread of this process) on a live stream that is stable
-first and then drifts (`mix_shift`: a feature drift the monitors see within a few windows, and
+features offline and train/export/register v1 on its second half (the first half warms the
+feature state up) -> create fresh topics -> start the engine (a subprocess) and the retraining
+worker (a thread of this process) -> produce the history to the clicks topic at full speed (the
+engine's state warms up; the topic is the history the worker retrains from) -> a paced live
+stream, continuing the history, that is stable first and then drifts (`mix_shift`: a feature drift the monitors see within a few windows, and
 `conversion_collapse` of mobile checkouts: what makes a model retrained on the new traffic
 better) -> the engine's monitors publish a retraining trigger -> the worker retrains from the
 clicks topic, gates and promotes v2 -> the engine hot-swaps to v2 -> stop the stream once v2 has
 scored `after_swap_events` events -> read the scores and dead letters back -> summary and PNG
-(engine/demo_report.py) -> stop everything this command started.
+-> stop everything this command started. The live phase's observer is engine/demo_live.py, the
+summary engine/demo_report.py, the PNG engine/demo_plot.py.
 
 Exit 0 only when the loop completed (trigger published, a version promoted and seen in the
 score records) and every live event was scored or dead-lettered.

@@ -114,10 +114,19 @@ class LoopState:
     swap_at: int | None = None  # stream position when the engine was seen serving `promoted`
 
 
+def _worth_printing(record: logging.LogRecord) -> bool:
+    """The worker's lines without the per-trigger noise: the watcher prints each trigger and each
+    outcome itself, and the other partitions' triggers about the replaced version are only
+    counted (``stale``) in the summary."""
+    text = record.getMessage()
+    return not (text.startswith("trigger ") or text.startswith("[retrain] stale trigger"))
+
+
 def worker_log() -> logging.Handler:
     """Print the worker's progress lines (logger ``streamscore.retrain``) indented."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("      worker | %(message)s"))
+    handler.addFilter(_worth_printing)
     logger = logging.getLogger("streamscore.retrain")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
@@ -149,7 +158,7 @@ def watch(cfg: EngineConfig, bootstrap: str, port: int, engine: subprocess.Popen
             if sample is not None and now - last_progress >= 5:
                 last_progress = now
                 say(f"[{now:5.1f} s] produced {stream.yielded:,}, engine consumed {sample.consumed:,}, serving "
-                     f"v{sample.version}; largest feature PSI/threshold {sample.feature_ratio:.2f} ({sample.feature})")
+                    f"v{sample.version}; largest feature PSI/threshold {sample.feature_ratio:.2f} ({sample.feature})")
             for m in triggers.consume(100, timeout=0.1):
                 if m.error() is None:
                     trig = orjson.loads(m.value())
@@ -173,7 +182,7 @@ def watch(cfg: EngineConfig, bootstrap: str, port: int, engine: subprocess.Popen
                     and sample.version == state.promoted:
                 state.swap_at = stream.yielded
                 say(f"[{now:5.1f} s] the engine hot-swapped to v{state.promoted} (no restart); streaming "
-                     f"{after_swap_events:,} more events")
+                    f"{after_swap_events:,} more events")
             if state.swap_at is not None and stream.yielded >= max(drift_at, state.swap_at + after_swap_events):
                 return
             time.sleep(0.5)  # the sampling period of /metrics (not a synchronisation)
