@@ -72,7 +72,7 @@ ZIPF = 0.5
 DEMO_MONITOR = MonitorConfig(window_events=1_500, min_window_events=500, warmup_events=8_000, window_ms=30 * DAY_MS,
                              confirm_windows=2, calibration_draws=200, cooldown_ms=DAY_MS,
                              training_window_ms=int(2.5 * DAY_MS))
-# The demo's windows hold ~10,000 rows; on such windows LightGBM does not reliably beat the
+# The demo's training windows hold ~10,000 rows; on such windows LightGBM does not reliably beat the
 # logistic baseline (docs/retraining.md, Limits), so the baseline check is off; the champion
 # comparison (AUC, log loss) and the calibration bound stay on.
 DEMO_GATE = PromotionGate(require_beat_baseline=False)
@@ -114,8 +114,7 @@ def run_demo(history_events: int = 60_000, rate: int = 2_000, stable_events: int
         drift_at = history_events + stable_events
         stream = LiveStream(GeneratorConfig(
             n_events=None, n_users=users, seed=7, start=HISTORY_START, jitter_ms=2_000.0, zipf_exponent=ZIPF,
-            bad_fraction=0.005,
-            late_fraction=0.002, late_ms=300_000.0,
+            bad_fraction=0.005, late_fraction=0.002, late_ms=300_000.0,
             drifts=(Drift("mix_shift", drift_at), Drift("conversion_collapse", drift_at, {"device": "mobile"}))))
         backlog = list(islice(stream, history_events))
         history = run_dir / "history.jsonl"
@@ -169,7 +168,7 @@ def run_demo(history_events: int = 60_000, rate: int = 2_000, stable_events: int
         scores, dlq = _read_back(bootstrap, cfg)
         events = stream.events()
         labelled = report.label_scores(events, stream.positions, scores, HORIZON_MS).since(history_events)
-        _done(t, f"({len(scores):,} score records, {len(events):,} valid live events)")
+        _done(t, f"({len(scores):,} score records, {len(events):,} valid events produced)")
 
         _step(7, "Summary")
         png = plot(run_dir / "closed_loop.png", labelled, state.samples, drift_at, chunk,
