@@ -234,7 +234,10 @@ def _run_live(cfg: EngineConfig, bootstrap: str, run_dir: Path, backlog: list[tu
         out, _ = engine.communicate(timeout=60)
         if worker_thread is not None:
             worker_thread.join(timeout=300)
-            logging.getLogger("streamscore.retrain").handlers.clear()
+            worker_logger = logging.getLogger("streamscore.retrain")  # back to the default: propagate to root
+            worker_logger.handlers.clear()
+            worker_logger.propagate = True
+            worker_logger.setLevel(logging.NOTSET)
     stats = orjson.loads(out.strip().splitlines()[-1]) if engine.returncode == 0 and out.strip() else {}
     if not caught_up or engine.returncode != 0:
         say(f"engine exited with {engine.returncode}; caught up: {caught_up}")
