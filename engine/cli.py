@@ -285,15 +285,19 @@ def train(
 
 @app.command()
 def demo(
-    events: int = typer.Option(60_000, help="Historical events to train on."),
-    live_seconds: float = typer.Option(20.0, help="How long to stream live events through the engine."),
+    events: int = typer.Option(60_000, help="Historical events to train v1 on."),
     rate: int = typer.Option(2_000, help="Live events per second."),
+    stable_events: int = typer.Option(16_000, help="Live events before the drift is injected."),
+    after_swap_events: int = typer.Option(12_000, help="Live events to stream once the engine serves the retrained version."),
+    max_live_seconds: float = typer.Option(150.0, help="Give up (exit 1) if the loop has not closed after this long."),
     keep_broker: bool = typer.Option(False, help="Leave the broker running afterwards."),
 ) -> None:
-    """The whole loop on this machine: broker, history, training, live scoring, summary."""
+    """The closed loop on this machine: broker, history, v1, live scoring, drift, trigger, retrained v2
+    promoted and served, summary and PNG."""
     from engine.demo import run_demo
 
-    sys.exit(run_demo(history_events=events, live_seconds=live_seconds, rate=rate, keep_broker=keep_broker))
+    sys.exit(run_demo(history_events=events, rate=rate, stable_events=stable_events,
+                      after_swap_events=after_swap_events, live_max_seconds=max_live_seconds, keep_broker=keep_broker))
 
 
 if __name__ == "__main__":

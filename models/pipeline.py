@@ -125,6 +125,7 @@ def train_from_log(
     log: Callable[[str], None] | None = print,
     candidates: Sequence[str] = KINDS,
     progress: Callable[[str, int, int | None], None] | None = None,
+    window: tuple[int, int] | None = None,
 ) -> TrainingRunResult:
     """Build the point-in-time training set from `events_path` (JSONL or Parquet, topic order), train,
     export, verify, evaluate on a time-gapped holdout, register, and maybe promote.
@@ -134,6 +135,8 @@ def train_from_log(
         horizon_ms: label = the user purchases within this many ms after the event.
         candidates: model kinds eligible to be registered (see `models.training_run.select_candidate`).
         progress: ``(stage, done, total)`` callback for the feature replay (e.g. `engine.progress.Progress`).
+        window: (start_ms, end_ms) event time, inclusive: only events in it become rows; the
+            events before it still build feature state (a warm-up). None: every event is a row.
     """
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
@@ -150,7 +153,8 @@ def train_from_log(
         raise NoValidEvents(
             f"{events_path} holds no valid events (invalid by reason: {invalid or 'the log is empty'}); every "
             f"event needs {fields}: check the log, or map its field names with schema.field_map in --config")
-    data = build_training_set(events, spec, num_partitions, horizon_ms, invalid=invalid, progress=progress)
+    data = build_training_set(events, spec, num_partitions, horizon_ms, window=window, invalid=invalid,
+                              progress=progress)
     say(f"  features: {len(data):,} rows x {spec.width} from {data.n_events:,} events in "
         f"{time.perf_counter() - t0:.1f} s (late {data.late:,}, invalid {sum(invalid.values()):,}, "
         f"spec {spec.hash})")
