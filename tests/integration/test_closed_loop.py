@@ -79,11 +79,19 @@ def test_drift_to_trigger_to_retrained_champion_served(kafka_bootstrap: str, mak
         assert sum(stats.decisions.values()) == len(triggers), stats.as_dict()
         outcomes = [orjson.loads(m.value()) for m in
                     sorted(read_all(kafka_bootstrap, topics["outcomes"], 1), key=lambda m: m.offset())]
+        # Each partition's monitor may report the drift; a trigger whose window still holds little
+        # of the new traffic can yield a candidate the gate refuses (rejected, v1 keeps serving).
+        # Once one is promoted, the remaining triggers about v1 are stale.
         promoted = [o for o in outcomes if o["decision"] == "promoted"]
         assert len(promoted) == 1, outcomes
-        assert {o["decision"] for o in outcomes} <= {"promoted", "stale", "duplicate"}, outcomes
+        assert {o["decision"] for o in outcomes} <= {"promoted", "rejected", "stale", "duplicate"}, outcomes
+        first = outcomes.index(promoted[0])
+        assert all(o["decision"] in ("stale", "duplicate") for o in outcomes[first + 1:]), outcomes
+        for o in outcomes[:first]:
+            assert o["decision"] == "rejected" and "gate failed" in o["reason"], o
+            assert registry.status("purchase", o["version"])[0] == "rejected"
         new = promoted[0]["version"]
-        assert registry.resolve("purchase", "champion").version == new == 2
+        assert registry.resolve("purchase", "champion").version == new >= 2
         lineage = registry.resolve("purchase", new).manifest.lineage
         assert lineage["parent_version"] == 1 and lineage["trigger_id"] == promoted[0]["trigger_id"]
 
