@@ -112,9 +112,15 @@ class ReferenceBins:
     feature_index: np.ndarray
     has_score: bool = False
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
+    _cut_rows: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_offsets", np.arange(len(self.names), dtype=np.int64) * self.width)
+        # [K - 2, m]: row k holds every column's (k+1)-th cut, NaN where a column has fewer.
+        rows = np.full((max(self.width - 2, 0), len(self.names)), np.nan)
+        for c, cuts in enumerate(self.cuts):
+            rows[:len(cuts), c] = cuts
+        object.__setattr__(self, "_cut_rows", rows)
 
     @property
     def width(self) -> int:
@@ -162,25 +168,30 @@ class ReferenceBins:
     def count(self, X: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
         """Counts [m, K] of the rows of `X` (feature matrix [n, d]) and their `scores` [n].
 
-        One ``searchsorted`` per column and one ``bincount`` for the whole batch; NaN goes to the
-        NaN bin, +-inf to the outer bins. With `has_score`, `scores` is required."""
+        Vectorised over all columns at once: a value's bin is the number of its column's cuts
+        <= it (``searchsorted(cuts, v, side="right")``), summed over the K - 2 cut positions of
+        a cut matrix padded with NaN (a comparison with NaN is false, so padding never counts);
+        then one ``bincount`` for the whole batch. NaN goes to the NaN bin, +-inf to the outer
+        bins. With `has_score`, `scores` is required. Cost: K - 2 comparisons of an [n, m]
+        matrix, ~1/3 of one ``searchsorted`` call per column at the engine's batch sizes."""
         X = np.asarray(X)
         n = X.shape[0]
         m = len(self.names)
         if n == 0:
             return self.empty()
-        # One float64 copy of the monitored columns, column-major, so every searchsorted runs on a
-        # contiguous array of the cuts' dtype (no per-column cast or strided read).
-        cols = np.empty((m, n), dtype=np.float64)
-        cols[:len(self.feature_index)] = X[:, self.feature_index].T
+        nf = len(self.feature_index)
+        cols = np.empty((n, m), dtype=np.float64)
+        cols[:, :nf] = X[:, self.feature_index]
         if self.has_score:
-            cols[-1] = scores
-        idx = np.empty((m, n), dtype=np.int64)
-        for c in range(m):
-            idx[c] = np.searchsorted(self.cuts[c], cols[c], side="right")
-        idx += 1
-        idx[np.isnan(cols)] = 0
-        idx += self._offsets[:, None]
+            cols[:, nf] = scores
+        acc = np.ones((n, m), dtype=np.uint8)  # 1 + value bin (< 256: at most 100 bins); the NaN bin is 0
+        le = np.empty((n, m), dtype=bool)
+        for row in self._cut_rows:
+            np.less_equal(row, cols, out=le)
+            acc += le
+        acc[np.isnan(cols)] = 0
+        idx = acc.astype(np.int64)
+        idx += self._offsets
         return np.bincount(idx.ravel(), minlength=m * self.width).reshape(m, self.width)
 
 

@@ -75,6 +75,33 @@ def test_count_matrix_matches_the_profile_functions(seed: int, n: int, shift: fl
     assert drift.psi(bins.ref_counts[3], counts[3]) == pytest.approx(psi(profile["score"], live_scores))
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 600), n_bins=st.integers(2, 20))
+def test_count_puts_every_value_in_its_searchsorted_bin(seed: int, n: int, n_bins: int) -> None:
+    """The vectorised count equals the definition: NaN in bin 0, else 1 + searchsorted(cuts, v,
+    side="right"), per column, with ties on cuts (discrete columns) and +-inf."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([rng.normal(size=400), rng.poisson(1.0, 400), rng.integers(0, 3, 400)]).astype(np.float64)
+    scores = rng.random(400)
+    bins = drift.ReferenceBins.from_profile(build_profile(X, ["a", "b", "c"], scores=scores, n_bins=n_bins),
+                                            ["a", "b", "c"])
+    live = np.column_stack([rng.normal(size=n), rng.poisson(1.0, n), rng.integers(-1, 4, n)]).astype(np.float32)
+    live[rng.random(live.shape) < 0.1] = np.nan
+    live[rng.random(live.shape) < 0.05] = np.inf
+    live[rng.random(live.shape) < 0.05] = -np.inf
+    live_scores = rng.random(n)
+    live_scores[rng.random(n) < 0.1] = np.nan
+    counts = bins.count(live, live_scores)
+    cols = [live[:, 0], live[:, 1], live[:, 2], live_scores]
+    for c, values in enumerate(cols):
+        v = np.asarray(values, dtype=np.float64)
+        expect = np.zeros(bins.width, dtype=np.int64)
+        expect[0] = int(np.isnan(v).sum())
+        got = np.bincount(np.searchsorted(bins.cuts[c], v[~np.isnan(v)], side="right"), minlength=len(bins.cuts[c]) + 1)
+        expect[1:1 + len(got)] = got
+        assert counts[c].tolist() == expect.tolist()
+
+
 def test_accumulated_batches_equal_one_big_batch() -> None:
     rng = np.random.default_rng(5)
     X = rng.normal(size=(300, 2))
