@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_drift [--users 2000] [--history 200000] [--live 150000] [--change-at 50000]
                                      [--stable 1000000] [--json benchmarks/results/drift.json]
+    python -m benchmarks.bench_drift --cost [--engine-events 100000]   # monitor cost in a real engine
 
 No Kafka: the monitor objects of the engine (`engine.monitors.DriftMonitor`, with its default
 `MonitorConfig` unless overridden) are driven directly with what the engine would give them, per
@@ -226,10 +227,14 @@ def adwin_feeding_cost(n: int = 200_000, chunk: int = 32) -> dict[str, float]:
     return {"per_event_us": round(per_event, 3), "chunk_means_us": round(per_chunk, 3), "chunk": chunk}
 
 
-def engine_share(bootstrap: str, registry: Path, payloads: list[tuple[bytes, bytes]], root: Path) -> dict[str, Any]:
+def engine_share(bootstrap: str, registry: Path, payloads: list[tuple[bytes, bytes]], root: Path,
+                 modes: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
     """The monitors' share of a real engine's time: one exactly-once engine process (in this
-    process) consumes `payloads` from a fresh 4-partition topic on `bootstrap`, once with the
-    monitors on and once off; the share is ``streamscore_monitor_seconds`` / the run's wall time."""
+    process) consumes `payloads` from a fresh 4-partition topic on `bootstrap`, once per mode
+    (monitors on, off). Per mode: wall and CPU time per event (CPU = this process's CPU time,
+    librdkafka's threads included), the loop's stage times per event (engine/stages.py), and
+    with the monitors on ``streamscore_monitor_seconds`` (wall time inside `DriftMonitor.observe`)
+    per event and as a share of the run's wall time and of the loop's staged time."""
     import uuid
 
     from engine.config import EngineConfig
@@ -253,24 +258,51 @@ def engine_share(bootstrap: str, registry: Path, payloads: list[tuple[bytes, byt
                 except BufferError:
                     producer.poll(0.1)
         producer.flush(60)
-        for enabled in (True, False):
+        for enabled in modes:
             cfg = EngineConfig(group_id=f"bench-drift-{tag}-{enabled}", input_topic=names["clicks"],
                                scores_topic=names["scores"], dlq_topic=names["dlq"], registry=registry,
                                model_name="purchase", state_dir=root / f"state-{enabled}", instance_id=f"{tag}{enabled}",
                                monitor=replace(MonitorConfig(), enabled=enabled, trigger_topic=names["triggers"]))
             engine = ScoringEngine(cfg, bootstrap)
+            cpu0 = time.process_time()
             stats = engine.run(max_events=len(payloads), idle_exit_s=20.0)
+            cpu = time.process_time() - cpu0
+            n = stats.consumed or 1
             spent = engine.metrics.registry.get_sample_value("streamscore_monitor_seconds_total") or 0.0
+            staged = sum(engine.stages.totals.values())
             out["on" if enabled else "off"] = {
                 "events": stats.consumed, "seconds": round(stats.seconds, 2),
                 "events_per_s": round(stats.consumed / stats.seconds, 1),
-                "us_per_event": round(stats.seconds / stats.consumed * 1e6, 2),
+                "us_per_event": round(stats.seconds / n * 1e6, 2),
+                "cpu_us_per_event": round(cpu / n * 1e6, 2),
+                "stages_us_per_event": {k: round(v / n * 1e6, 2) for k, v in engine.stages.totals.items()},
+                "staged_us_per_event": round(staged / n * 1e6, 2),
                 "monitor_seconds": round(spent, 3),
-                "monitor_us_per_event": round(spent / stats.consumed * 1e6, 3) if stats.consumed else None,
-                "monitor_share": round(spent / stats.seconds, 4) if stats.seconds else None}
+                "monitor_us_per_event": round(spent / n * 1e6, 3),
+                "monitor_share": round(spent / stats.seconds, 4) if stats.seconds else None,
+                "monitor_share_of_staged": round(spent / staged, 4) if staged else None}
     finally:
         delete_topics(bootstrap, list(names.values()))
+    if "on" in out and "off" in out:
+        on, off = out["on"], out["off"]
+        out["difference"] = {"us_per_event": round(on["us_per_event"] - off["us_per_event"], 2),
+                             "cpu_us_per_event": round(on["cpu_us_per_event"] - off["cpu_us_per_event"], 2),
+                             "cpu_share": round((on["cpu_us_per_event"] - off["cpu_us_per_event"])
+                                                / on["cpu_us_per_event"], 4)}
     return out
+
+
+def print_engine_share(engine: dict[str, Any]) -> None:
+    on = engine["on"]
+    print(f"engine, monitors on: {on['events']:,} events, {on['us_per_event']} µs/event wall, "
+          f"{on['cpu_us_per_event']} µs/event CPU; monitor {on['monitor_us_per_event']} µs/event = "
+          f"{100 * on['monitor_share']:.1f} % of wall, {100 * on['monitor_share_of_staged']:.1f} % of the loop's "
+          f"staged time; stages µs/event {on['stages_us_per_event']}")
+    if "off" in engine:
+        off, d = engine["off"], engine["difference"]
+        print(f"engine, monitors off: {off['us_per_event']} µs/event wall, {off['cpu_us_per_event']} µs/event CPU; "
+              f"on - off: {d['us_per_event']} µs/event wall, {d['cpu_us_per_event']} µs/event CPU "
+              f"({100 * d['cpu_share']:.1f} % of the CPU per event)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -287,8 +319,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--engine-events", type=int, default=0,
                     help="also run a real engine on this many events, monitors on and off "
                          "(needs KAFKA_BOOTSTRAP_SERVERS)")
-    ap.add_argument("--json", default="benchmarks/results/drift.json")
+    ap.add_argument("--cost", action="store_true",
+                    help="only the monitors' cost in a real engine (no detection scenarios): one exactly-once "
+                         "engine on --engine-events events (default 100,000), monitors on, then off; needs "
+                         "KAFKA_BOOTSTRAP_SERVERS; writes --json (default benchmarks/results/drift-cost.json)")
+    ap.add_argument("--json", default=None, help="default benchmarks/results/drift.json (drift-cost.json with --cost)")
     args = ap.parse_args(argv)
+    if args.json is None:
+        args.json = "benchmarks/results/drift-cost.json" if args.cost else "benchmarks/results/drift.json"
+    if args.cost and not args.engine_events:
+        args.engine_events = 100_000
 
     spec = clickstream_spec()
     computer = FeatureComputer(spec)
@@ -314,7 +354,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise SystemExit("--engine-events needs KAFKA_BOOTSTRAP_SERVERS (e.g. `streamscore broker start`)")
             payloads = list(ClickstreamGenerator(replace(base, n_events=args.engine_events, seed=args.seed + 1)).payloads())
             engine = engine_share(bootstrap, Path(tmp) / "registry", payloads, Path(tmp))
-            print(f"engine on Kafka, monitors on: {engine['on']}; off: {engine['off']}")
+            print_engine_share(engine)
+            if args.cost:
+                report = {"benchmark": "drift-cost", "config": {**vars(args), "monitor": cfg.__dict__},
+                          "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                      "load": os.getloadavg()},
+                          "engine": engine, "seconds": round(time.perf_counter() - t_start, 1)}
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+                print(f"wrote {args.json}")
+                return report
 
         # Warm state at the end of the history, shared by every scenario.
         state: dict[str, bytes] = {}

@@ -30,26 +30,31 @@ the sampled entities' events):
 State (windows, detectors, label-window pairs, trigger policy) is one record under `MONITOR_KEY`
 in the partition's RocksDB store and its changelog, written with every batch (same WriteBatch,
 same transaction), so a restart or a moved partition resumes where the committed batches left
-it. It is pickled (river detectors are Python objects): the changelog is the engine's own state
-topic and must be writable by the engine only, as for the feature state. When the watched
-champion changes, a partition's monitor switches reference at its next batch: windows, detectors
-and performance window restart empty, the switch is logged, counted and kept in the state.
+it. The record is an explicit, versioned encoding (engine/state_codec.py: JSON fields and raw
+array bytes; the ADWIN windows in river's own serialisation), not a pickle: a record of an
+unknown version is refused with an error, an unreadable one restarts the partition's monitor.
+When the watched champion changes, a partition's monitor switches reference at its next batch:
+windows, detectors and performance window restart empty, the switch is logged, counted and kept
+in the state.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import river
 from river.drift import ADWIN
 
 from engine.config import MonitorConfig
 from engine.labels import LabelJoin, Resolved
+from engine.state_codec import StateRecordError, UnknownStateVersion, pack, unpack
 from engine.triggers import QUIET, Signal, TriggerContext, TriggerPolicy, Window
 from models.drift import NullCalibration, ReferenceBins, compare, n_bucket
 from models.evaluate import evaluate
@@ -59,7 +64,9 @@ from models.trigger import RetrainTrigger
 log = logging.getLogger("streamscore.monitor")
 
 MONITOR_KEY = "\x00monitor"
-STATE_MAGIC = b"SSMON1\n"
+STATE_MAGIC = b"SSMON"
+STATE_VERSION = 2  # 1 was a pickle (before this encoding); read as "start afresh"
+LEGACY_PICKLE = b"SSMON1\n"
 MAX_EVIDENCE = 10  # columns listed per drift trigger (decisive first)
 SWITCHES_KEPT = 5
 RECENT_CHUNKS = 8  # an ADWIN detection's size: mean of these last chunk means vs the mean before
@@ -77,6 +84,27 @@ class ChunkedAdwin:
         self.adwin = ADWIN(delta=delta, clock=1)  # chunk means are few: test after each
         self.pending: list[float] = []
         self.recent: list[float] = []
+
+    def to_state(self) -> tuple[dict[str, Any], np.ndarray]:
+        """(JSON fields, the detector's bytes): river's own serialisation of its ADWIN window
+        (`AdaptiveWindowing.__getstate__`, tied to the river release, which is recorded)."""
+        fields = {"chunk": self.chunk, "delta": self.adwin.delta, "pending": self.pending, "recent": self.recent,
+                  "drift": bool(self.adwin.drift_detected), "river": river.__version__}
+        return fields, np.frombuffer(self.adwin._helper.__getstate__(), dtype=np.uint8)
+
+    @classmethod
+    def from_state(cls, fields: Mapping[str, Any], blob: np.ndarray) -> ChunkedAdwin:
+        """The detector of `to_state`; restarts empty (logged) if another river release wrote it."""
+        det = cls(int(fields["chunk"]), float(fields["delta"]))
+        if fields.get("river") != river.__version__:
+            log.warning("monitor detector state written by river %s, running %s: the detector restarts empty",
+                        fields.get("river"), river.__version__)
+            return det
+        det.adwin._helper.__setstate__(blob.tobytes())
+        det.adwin._drift_detected = bool(fields["drift"])
+        det.pending = [float(v) for v in fields["pending"]]
+        det.recent = [float(v) for v in fields["recent"]]
+        return det
 
     def update(self, values: np.ndarray) -> list[dict[str, float]]:
         """Feed `values` (NaN ignored); return the detections as {mean_before, mean_after}."""
@@ -150,7 +178,10 @@ class Reference:
 
 @dataclass
 class PartitionMonitor:
-    """The monitor state of one partition (see module docstring); `encode`/`decode` round-trip."""
+    """The monitor state of one partition (see module docstring); `encode`/`decode` round-trip.
+
+    The performance window keeps scores as float32 and labels as int8 (5 bytes per label, the
+    bulk of the record when the window is full) and only its event-time range."""
 
     model: dict[str, Any] | None = None
     counts: np.ndarray | None = None
@@ -159,15 +190,16 @@ class PartitionMonitor:
     last_ms: int | None = None
     seen: int = 0
     windows: int = 0
-    score_adwin: Any = None
+    score_adwin: ChunkedAdwin | None = None
     score_hits: list[dict[str, Any]] = field(default_factory=list)
     score_sum: float = 0.0  # finite scores of the open window
     score_n: int = 0
     score_shifted: bool = False  # an ADWIN detection of size >= score_shift_floor, not yet undone
-    perf_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    perf_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    perf_first_ms: int | None = None  # event-time range of the performance window's events
+    perf_last_ms: int | None = None
+    perf_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     perf_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    resid_adwin: Any = None
+    resid_adwin: ChunkedAdwin | None = None
     resid_hits: list[dict[str, Any]] = field(default_factory=list)
     policy: dict[str, Any] | None = None
     labels_resolved: int = 0
@@ -175,32 +207,59 @@ class PartitionMonitor:
     label_cursor: str | None = None
     switches: list[dict[str, Any]] = field(default_factory=list)
 
+    _ARRAYS = ("counts", "perf_scores", "perf_labels")
+    _DETECTORS = ("score_adwin", "resid_adwin")
+
     def encode(self) -> bytes:
-        # Arrays travel as raw bytes: pickling numpy objects costs several times more per batch.
-        state = {k: ("__nd__", v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else v
-                 for k, v in self.__dict__.items()}
-        return STATE_MAGIC + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        """The versioned record (engine/state_codec.py, version `STATE_VERSION`): scalars, lists
+        and the trigger policy as JSON fields, count matrix, performance window and the ADWIN
+        windows as raw array bytes."""
+        fields: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for k, v in self.__dict__.items():
+            if k in self._DETECTORS:
+                if v is not None:
+                    fields[k], arrays[k] = v.to_state()
+            elif k in self._ARRAYS:
+                if v is not None:
+                    arrays[k] = v
+            else:
+                fields[k] = v
+        return pack(STATE_MAGIC, STATE_VERSION, fields, arrays)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PartitionMonitor:
-        """The stored state, or a fresh one for None / an unreadable or foreign record (logged)."""
+        """The stored state, or a fresh one for None, a record of the old pickle format or an
+        unreadable record (logged: the partition's windows and detectors restart).
+
+        Raises:
+            UnknownStateVersion: a monitor record of a version this engine does not read (a
+                newer release wrote it); refused rather than silently discarded.
+        """
         if not raw:
             return cls()
-        if raw.startswith(STATE_MAGIC):
-            try:
-                state = pickle.loads(raw[len(STATE_MAGIC):])  # noqa: S301 - the engine's own state record
-                pm = cls()
-                for k, v in state.items():
-                    if k in pm.__dict__:
-                        if isinstance(v, tuple) and len(v) == 4 and v[0] == "__nd__":
-                            v = np.frombuffer(v[3], dtype=np.dtype(v[1])).reshape(v[2]).copy()
-                        pm.__dict__[k] = v
-                return pm
-            except Exception as exc:  # noqa: BLE001 - a bad record must not stop the partition
-                log.warning("monitor state unreadable (%s); starting the partition's monitor afresh", exc)
-                return cls()
-        log.warning("monitor state has an unknown format; starting the partition's monitor afresh")
-        return cls()
+        if raw.startswith(LEGACY_PICKLE):
+            log.warning("monitor state in the old pickle format (before version %d); the partition's monitor "
+                        "starts afresh", STATE_VERSION)
+            return cls()
+        try:
+            _, fields, arrays = unpack(raw, STATE_MAGIC, (STATE_VERSION,))
+            pm = cls()
+            known = pm.__dict__
+            for k, v in fields.items():
+                if k in cls._DETECTORS:
+                    known[k] = ChunkedAdwin.from_state(v, arrays[k])
+                elif k in known:
+                    known[k] = v
+            for k in cls._ARRAYS:
+                if k in arrays:
+                    known[k] = arrays[k]
+            return pm
+        except UnknownStateVersion:
+            raise
+        except (StateRecordError, KeyError, TypeError, ValueError) as exc:
+            log.warning("monitor state unreadable (%s); starting the partition's monitor afresh", exc)
+            return cls()
 
 
 @dataclass
@@ -330,7 +389,7 @@ class DriftMonitor:
         states: dict[str, bytes | None] = {}
         triggers: list[RetrainTrigger] = []
         n_events = len(events)
-        ts = np.fromiter((e["ts"] for e in events), dtype=np.int64, count=n_events)
+        ts = np.fromiter(map(itemgetter("ts"), events), dtype=np.int64, count=n_events)
         answered = ~np.isnan(scores) if n_events else np.zeros(0, dtype=bool)
 
         # 1-2: windows and the score detector, over the champion-answered rows after warm-up.
@@ -352,11 +411,14 @@ class DriftMonitor:
         join = self._join
         if join is not None:
             resolved = Resolved()
-            states.update(join.apply([e[entity_field] for e in events], ts, [e["event_type"] for e in events],
+            states.update(join.apply(list(map(itemgetter(entity_field), events)), ts,
+                                     list(map(itemgetter("event_type"), events)),
                                      scores, stored, watermark, resolved))
             if scan_labels is not None and watermark is not None:
-                records = scan_labels(pm.label_cursor, max(16, n_events))
-                limit = max(16, n_events)
+                # Label records grow by at most one per sampled event, so sweeping that many per
+                # batch keeps pace (a record is visited again after about one pass of the store).
+                limit = max(16, math.ceil(n_events * self.cfg.label_sample))
+                records = scan_labels(pm.label_cursor, limit)
                 pm.label_cursor = records[-1][0] if len(records) == limit else None
                 states.update(join.sweep([(k, r) for k, r in records if k not in states], watermark, resolved))
             self._feed_labels(pm, resolved, ev)
@@ -416,19 +478,24 @@ class DriftMonitor:
         pm.labels_dropped += resolved.dropped
         s = np.asarray(resolved.scores, dtype=np.float64)
         ok = (s >= 0.0) & (s <= 1.0)  # else not a probability (a broken model): not evaluable
+        if not ok.any():
+            return
         y = np.asarray(resolved.labels, dtype=np.int8)[ok]
-        pm.perf_ts = np.concatenate([pm.perf_ts, np.asarray(resolved.ts, dtype=np.int64)[ok]])
-        pm.perf_scores = np.concatenate([pm.perf_scores, s[ok]])
+        ts = np.asarray(resolved.ts, dtype=np.int64)[ok]
+        lo, hi = int(ts.min()), int(ts.max())
+        pm.perf_first_ms = lo if pm.perf_first_ms is None else min(pm.perf_first_ms, lo)
+        pm.perf_last_ms = hi if pm.perf_last_ms is None else max(pm.perf_last_ms, hi)
+        pm.perf_scores = np.concatenate([pm.perf_scores, s[ok].astype(np.float32)])
         pm.perf_labels = np.concatenate([pm.perf_labels, y])
         if pm.resid_adwin is None:
             pm.resid_adwin = ChunkedAdwin(RESIDUAL_CHUNK, self.cfg.adwin_delta)
-        for hit in pm.resid_adwin.update(y - s[ok]):
+        for hit in pm.resid_adwin.update(y - pm.perf_scores[-len(y):].astype(np.float64)):
             pm.resid_hits.append({**hit, "change": abs(hit["mean_after"] - hit["mean_before"])})
 
     def _performance(self, pm: PartitionMonitor,
                      ref: Reference) -> tuple[Signal | None, dict[str, float], Window]:
-        y, p = pm.perf_labels, pm.perf_scores
-        window = Window(int(pm.perf_ts.min()), int(pm.perf_ts.max()), len(y))
+        y, p = pm.perf_labels, pm.perf_scores.astype(np.float64)
+        window = Window(pm.perf_first_ms or 0, pm.perf_last_ms or 0, len(y))
         m = evaluate(y, p)
         cfg = self.cfg
         summary = {"auc": m.auc if m.auc is not None else float("nan"), "log_loss": m.log_loss, "ece": m.ece,
@@ -456,8 +523,8 @@ class DriftMonitor:
         for e in evidence:
             e.update({"log_loss": m.log_loss, "base_rate": m.base_rate, "mean_score": m.mean_score})
         fresh = PartitionMonitor()
-        pm.perf_ts, pm.perf_scores, pm.perf_labels, pm.resid_hits = \
-            fresh.perf_ts, fresh.perf_scores, fresh.perf_labels, []
+        pm.perf_first_ms, pm.perf_last_ms, pm.perf_scores, pm.perf_labels, pm.resid_hits = \
+            None, None, fresh.perf_scores, fresh.perf_labels, []
         if not evidence:
             return None, summary, window
         first = evidence[0]
