@@ -100,6 +100,7 @@ class Run:
     change_ts: int | None = None
     windows: int = 0
     labels: int = 0
+    max_psi: dict[str, float] = field(default_factory=dict)  # per column, over the evaluated windows
 
 
 class DictLabels:
@@ -198,6 +199,8 @@ def run_stream(gen: GeneratorConfig, skip: int, change_at: int | None, scenario:
             run.triggers.append({"reason": t.reason, "at": index, "ts": last_ts, "detector": t.detector["name"],
                                  "statistic": t.statistic, "threshold": t.threshold,
                                  "top": t.evidence[0]["name"] if t.evidence else None})
+        for column, st in (out.evaluation.drift or {}).items():
+            run.max_psi[column] = max(run.max_psi.get(column, 0.0), st["psi"])
         for outcome, reason in out.evaluation.outcomes:
             if outcome == "warning":
                 run.warnings.append({"reason": reason, "at": index, "ts": last_ts})
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="only the monitors' cost in a real engine (no detection scenarios): one exactly-once "
                          "engine on --engine-events events (default 100,000), monitors on, then off; needs "
                          "KAFKA_BOOTSTRAP_SERVERS; writes --json (default benchmarks/results/drift-cost.json)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a monitor config key (e.g. psi_floor=0.15); repeatable")
     ap.add_argument("--json", default=None, help="default benchmarks/results/drift.json (drift-cost.json with --cost)")
     args = ap.parse_args(argv)
     if args.json is None:
@@ -332,7 +337,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     spec = clickstream_spec()
     computer = FeatureComputer(spec)
-    cfg = MonitorConfig()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = type(getattr(MonitorConfig(), key))(value)
+    cfg = replace(MonitorConfig(), **overrides)
     base = GeneratorConfig(n_events=None, n_users=args.users, seed=args.seed, jitter_ms=1_000.0)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r = rows[-1]
             print(f"  {sc.name:<20} {sc.kind:<8} {run.events:>9,} events in {time.perf_counter() - t0:5.0f} s: "
                   f"detected {r['detected_reason']} after {r['delay_events']} events; "
-                  f"false alarms {r['false_alarms']}", flush=True)
+                  f"false alarms {r['false_alarms']}; largest PSI {r['max_psi']}", flush=True)
 
     steady = monitor_s - calibration_s
     cost = {"feature_score_us_per_event": round(stage_s / events_total * 1e6, 2),
@@ -436,6 +445,7 @@ def summarise(sc: Scenario, run: Run, change: int | None) -> dict[str, Any]:
         "warnings_before_change_per_million": round(
             sum(1 for w in run.warnings if change is None or w["at"] <= change) * per_million, 2),
         "triggers": run.triggers, "windows": run.windows, "labels_resolved": run.labels,
+        "max_psi": dict(sorted(run.max_psi.items(), key=lambda kv: -kv[1])[:5]),
     }
 
 

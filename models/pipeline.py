@@ -24,6 +24,7 @@ from features.offline import replay
 from features.schema import EventSchema
 from features.spec import FeatureSpec
 from models.labels import LabelDefinition, purchase_within_events
+from models.profile import memory_ms
 from models.train import KINDS
 from models.training_run import TrainingRunResult, train_and_register
 
@@ -47,6 +48,9 @@ class TrainingSet:
         n_events: valid events replayed (warm-up and look-ahead included); late: rows the
             engine would not have scored (late events) among them; invalid: records that failed
             validation, by reason.
+        warm_from_ms: the first replayed event's time + the spec's memory
+            (`models.profile.memory_ms`): rows from then on are warm (the reference profile is
+            built from them, `models.profile.warm_rows`).
     """
 
     X: np.ndarray
@@ -60,6 +64,7 @@ class TrainingSet:
     n_events: int
     late: int
     invalid: dict[str, int] = field(default_factory=dict)
+    warm_from_ms: int | None = None
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -109,6 +114,7 @@ def build_training_set(
         X=table.X[order], y=y[order], ts=table.ts[order], names=table.names, spec_hash=table.spec_hash,
         event_ids=[table.event_ids[i] for i in order], entities=[table.entities[i] for i in order],
         data_end_ms=data_end, n_events=len(events), late=len(table.late), invalid=dict(invalid or {}),
+        warm_from_ms=int(ts_all.min()) + memory_ms(spec),
     )
 
 
@@ -162,5 +168,5 @@ def train_from_log(
         data.X, data.y, data.ts, data.names, data.spec_hash, registry_root, model_name,
         LabelDefinition(kind="purchase_within", horizon_ms=horizon_ms),
         data_end_ms=data.data_end_ms, promote=promote, seed=seed, log=log, candidates=candidates,
-        reason=f"trained from {Path(events_path).name}",
+        reason=f"trained from {Path(events_path).name}", profile_warm_from_ms=data.warm_from_ms,
     )

@@ -4,7 +4,8 @@ A profile is JSON-safe::
 
     {"schema": 1, "n_rows": n, "n_bins": 10,
      "features": {name: entry, ...},   # in feature order
-     "score": entry | None}
+     "score": entry | None,
+     "warm_from_ms": t | None, "cold_rows": k}   # rows before t were left out (see warm rows)
 
 and each column `entry` is::
 
@@ -21,6 +22,15 @@ training range still lands in a bin. Cuts are the distinct training quantiles at
 discrete feature gets one bin per frequent value), so bins are roughly equally populated on the
 training data.
 
+**Warm rows.** The offline replay that computes training rows starts with empty state, so rows
+near the start of the replayed history see truncated windows and entities that look new (cold
+start); live traffic of a running engine does not look like that. The reference is therefore
+built from the *warm* rows only (`warm_rows`): those at least the feature spec's memory (its
+longest window or entity idle TTL, whichever is longer: `memory_ms`) of event time after the
+first replayed event. Rows after that are exactly what a long-running engine computes. If fewer
+than `MIN_WARM_SHARE` of the rows are warm (a history barely longer than the memory), every row
+is used and the profile says so (``warm_from_ms`` None, ``cold_rows`` 0).
+
 `psi` compares a live sample to an entry over those bins plus the NaN bin:
 ``PSI = sum_b (q_b - p_b) * ln(q_b / p_b)`` with both fractions floored at `eps`.
 `binned_ks` is the KS statistic between the two binned CDFs (a lower bound of the exact KS).
@@ -29,13 +39,17 @@ training data.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models import drift
 
+if TYPE_CHECKING:
+    from features.spec import FeatureSpec
+
 PROFILE_SCHEMA = 1
+MIN_WARM_SHARE = 0.25  # below this share of warm rows, the profile keeps the cold start
 
 
 def _f(x: float) -> float | None:
@@ -62,22 +76,51 @@ def profile_column(values: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
             "inf_count": int(len(present) - len(finite)), "n": int(len(v)), **stats}
 
 
+def memory_ms(spec: FeatureSpec) -> int:
+    """How much event time of replay makes a row warm: the spec's longest window, or its entity
+    idle TTL if longer. After it, window aggregates are exact and entity memory matches a
+    long-running engine's for every entity idle that long."""
+    return max([w.size_ms for w in spec.windows] + [spec.idle_ttl_ms])
+
+
+def warm_rows(ts: np.ndarray, warm_from_ms: int | None) -> np.ndarray:
+    """Mask of the warm rows among rows at event times `ts` (all if `warm_from_ms` is None, or if
+    fewer than `MIN_WARM_SHARE` of them are warm: then the cold start stays in)."""
+    ts = np.asarray(ts)
+    if warm_from_ms is None:
+        return np.ones(len(ts), dtype=bool)
+    warm = ts >= warm_from_ms
+    return warm if warm.sum() >= MIN_WARM_SHARE * len(ts) else np.ones(len(ts), dtype=bool)
+
+
 def build_profile(
     X: np.ndarray,
     feature_names: Sequence[str],
     scores: np.ndarray | None = None,
     n_bins: int = 10,
+    ts: np.ndarray | None = None,
+    warm_from_ms: int | None = None,
 ) -> dict[str, Any]:
-    """Profile every column of `X` [n, d] (named by `feature_names`) and, if given, the `scores`."""
+    """Profile every column of `X` [n, d] (named by `feature_names`) and, if given, the `scores`.
+
+    With `ts` (event times of the rows) and `warm_from_ms`, only the warm rows are profiled
+    (`warm_rows`; see the module docstring)."""
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != len(feature_names):
         raise ValueError(f"X shape {X.shape} does not match {len(feature_names)} feature names")
+    keep = warm_rows(ts, warm_from_ms) if ts is not None else np.ones(X.shape[0], dtype=bool)
+    cold = int(len(keep) - keep.sum())
+    if cold:
+        X = X[keep]
+        scores = np.asarray(scores)[keep] if scores is not None else None
     return {
         "schema": PROFILE_SCHEMA,
         "n_rows": int(X.shape[0]),
         "n_bins": n_bins,
         "features": {name: profile_column(X[:, j], n_bins) for j, name in enumerate(feature_names)},
         "score": profile_column(scores, n_bins) if scores is not None else None,
+        "warm_from_ms": int(warm_from_ms) if cold else None,
+        "cold_rows": cold,
     }
 
 

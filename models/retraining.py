@@ -38,6 +38,7 @@ from features.spec import FeatureSpec
 from models.gate import PromotionGate
 from models.labels import LabelDefinition
 from models.pipeline import build_training_set
+from models.profile import memory_ms
 from models.registry import REJECTED, AliasMoved, Registry, RegistryError
 from models.training_run import train_and_register
 from models.trigger import RetrainTrigger
@@ -167,10 +168,11 @@ def schedule_trigger(model: str, feature_spec: str, end_ms: int, window_ms: int,
 
 
 def min_warmup_ms(spec: FeatureSpec) -> int:
-    """The shortest warm-up allowed: the longest window, or the entity-memory TTL if longer.
-    With it, window aggregates are exact and entities idle for the TTL are forgotten on both
-    sides; memory of entities active without such a break can still differ (`RetrainPolicy`)."""
-    return max([w.size_ms for w in spec.windows] + [spec.idle_ttl_ms])
+    """The shortest warm-up allowed: the spec's memory (`models.profile.memory_ms`: the longest
+    window, or the entity-memory TTL if longer). With it, window aggregates are exact and
+    entities idle for the TTL are forgotten on both sides; memory of entities active without
+    such a break can still differ (`RetrainPolicy`)."""
+    return memory_ms(spec)
 
 
 def version_for_key(registry: Registry, name: str, idempotency_key: str) -> int | None:
@@ -254,6 +256,7 @@ def retrain(
     result = train_and_register(
         data.X, data.y, data.ts, data.names, data.spec_hash, registry, name, label,
         test_fraction=policy.test_fraction, data_end_ms=data.data_end_ms, seed=policy.seed, promote=False,
+        profile_warm_from_ms=data.warm_from_ms,
         alias=alias, actor=actor, reason=f"retrained for trigger {trigger.trigger_id} ({trigger.reason})", log=log,
         lineage=lineage,
     )

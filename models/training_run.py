@@ -15,7 +15,8 @@ executor and y with `models.labels`). Steps:
 6. evaluate on the test side: the selected model by its ONNX scores, the baseline natively (the
    reference the manifest records), and the current champion on the same rows through the
    verified scorer when its feature spec and names match;
-7. profile the training rows and training scores;
+7. profile the training rows and training scores (the warm rows from `profile_warm_from_ms`:
+   `models.profile.warm_rows`);
 8. register with a manifest whose ``parent_version`` is the current champion;
 9. if `promote`: make it champion when there is none, or when its test AUC beats the champion's
    AUC on the same holdout by more than `min_auc_gain`. A champion that cannot score these rows
@@ -142,6 +143,7 @@ def train_and_register(
     candidates: Sequence[str] = KINDS,
     log: Callable[[str], None] | None = print,
     lineage: Mapping[str, Any] | None = None,
+    profile_warm_from_ms: int | None = None,
 ) -> TrainingRunResult:
     """Run the whole training procedure (module docstring) and return the registered version.
 
@@ -157,6 +159,9 @@ def train_and_register(
         promote: promote to `alias` if better (see module docstring).
         candidates: model kinds eligible to be registered (``("lightgbm",)`` forces LightGBM).
         log: progress line sink (None for silence).
+        profile_warm_from_ms: rows before this event time are cold start (truncated windows
+            at the start of the replayed history) and are left out of the reference profile
+            (`TrainingSet.warm_from_ms`; None profiles every training row).
         lineage: recorded as the manifest's ``lineage`` (e.g. the retraining trigger; see
             `models.retraining`); ``parent_version`` is filled in with the champion's version.
     """
@@ -228,7 +233,7 @@ def train_and_register(
             incomparable = str(exc)
             say(f"[train] current {alias} v{champion_ref.version} cannot score this holdout: {exc}")
 
-    profile = build_profile(Xtr, names, scores=score_tr)
+    profile = build_profile(Xtr, names, scores=score_tr, ts=ts[tr], warm_from_ms=profile_warm_from_ms)
     metrics: dict[str, Any] = {
         "test": test_m.to_dict(),
         "train": {k: v for k, v in train_m.to_dict().items() if k != "reliability"},

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from models.evaluate import evaluate, reliability_table
-from models.profile import binned_ks, build_profile, profile_column, psi
+from models.profile import MIN_WARM_SHARE, binned_ks, build_profile, profile_column, psi, warm_rows
 
 
 def test_metrics_on_known_case() -> None:
@@ -81,6 +81,24 @@ def test_build_profile_is_json_serialisable() -> None:
     assert again["score"]["min"] >= 0
     with pytest.raises(ValueError):
         build_profile(X, ["a"])
+
+
+def test_the_profile_leaves_out_cold_start_rows_unless_too_few_are_warm() -> None:
+    """Rows before warm_from_ms (truncated windows at the start of the replay) are not profiled;
+    when fewer than MIN_WARM_SHARE are warm, every row is (the profile says which)."""
+    rng = np.random.default_rng(3)
+    ts = np.arange(1_000) * 1_000
+    X = rng.normal(size=(1_000, 2)).astype(np.float32)
+    X[:300, 0] = 0.0  # cold start: empty windows
+    scores = rng.random(1_000)
+    prof = build_profile(X, ["a", "b"], scores=scores, ts=ts, warm_from_ms=300_000)
+    assert prof["n_rows"] == 700 and prof["cold_rows"] == 300 and prof["warm_from_ms"] == 300_000
+    assert prof["features"]["a"] == profile_column(X[300:, 0]) and prof["score"] == profile_column(scores[300:])
+    assert build_profile(X, ["a", "b"], ts=ts, warm_from_ms=None)["n_rows"] == 1_000
+    late = int(ts[int(len(ts) * (1 - MIN_WARM_SHARE)) + 1])  # fewer than the minimum share are warm
+    every = build_profile(X, ["a", "b"], ts=ts, warm_from_ms=late)
+    assert every["n_rows"] == 1_000 and every["cold_rows"] == 0 and every["warm_from_ms"] is None
+    assert warm_rows(ts, 500_000).sum() == 500 and warm_rows(ts, late).all()
 
 
 def test_psi_zero_for_same_distribution_and_grows_with_shift() -> None:

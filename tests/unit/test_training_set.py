@@ -121,5 +121,6 @@ def test_without_a_window_every_row_is_kept_and_data_ends_at_the_last_event() ->
     data = build_training_set(events, SPEC, 4, HORIZON)
     assert len(data) == data.n_events - data.late
     assert data.data_end_ms == max(e["ts"] for e in events)
+    assert data.warm_from_ms == min(e["ts"] for e in events) + min_warmup_ms(SPEC)
     with pytest.raises(ValueError, match="no valid events"):
         build_training_set([], SPEC, 4, HORIZON)
