@@ -203,6 +203,7 @@ def topics_create(
             TopicSpec(rc.trigger_topic, 1),
             TopicSpec(rc.outcome_topic, 1),
             *([TopicSpec(cfg.sessions.closed_topic, partitions)] if cfg.sessions.closed_topic is not None else []),
+            *([TopicSpec(cfg.monitor.label_topic, partitions)] if cfg.monitor.label_topic is not None else []),
         ], client=cfg.kafka)
         retention = int(topic_config(bootstrap, cfg.input_topic, client=cfg.kafka).get("retention.ms", "-1"))
     except TopicError as exc:
@@ -210,7 +211,8 @@ def topics_create(
         return
     typer.echo(f"topics ready on {bootstrap}: {cfg.input_topic}({partitions}) {cfg.scores_topic}({partitions}) "
                f"{cfg.dlq_topic}(1) {rc.trigger_topic}(1) {rc.outcome_topic}(1)"
-               + (f" {cfg.sessions.closed_topic}({partitions})" if cfg.sessions.closed_topic is not None else ""))
+               + (f" {cfg.sessions.closed_topic}({partitions})" if cfg.sessions.closed_topic is not None else "")
+               + (f" {cfg.monitor.label_topic}({partitions})" if cfg.monitor.label_topic is not None else ""))
     if retention != -1 and (rc.history_retention == -1 or retention < rc.history_retention):
         typer.secho(f"note: {cfg.input_topic} keeps {retention} ms of history, less than retrain.history_retention "
                     f"({rc.history_retention}); retraining windows cannot reach further back", err=True)

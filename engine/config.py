@@ -116,6 +116,14 @@ class MonitorConfig:
             current window's end.
         key_bucket_ms: the event-time bucket of the idempotency key (model, version, reason,
             bucket): triggers of one model, reason and bucket are one retraining.
+        label_topic: outcomes come from this topic (docs/schemas/label.v1.json, keyed by entity,
+            co-partitioned with the input topic) instead of being derived from the input
+            stream's purchases; None (default): derived.
+        label_wait_ms: with `label_topic`, how long (event time, by the partition watermark) a
+            scored event waits for its label; 0 = the model's label horizon.
+        label_missing: with `label_topic`, what an event whose label did not come in time
+            counts as: "drop" (not evaluated, counted) or "negative" (label 0, for topics that
+            publish positives only).
     """
 
     enabled: bool = True
@@ -142,6 +150,9 @@ class MonitorConfig:
     volume_events: int = 0
     training_window_ms: int = 7 * 86_400_000
     key_bucket_ms: int = 3_600_000
+    label_topic: str | None = None
+    label_wait_ms: int = 0
+    label_missing: str = "drop"
 
     def __post_init__(self) -> None:
         def need(cond: bool, key: str, what: str) -> None:
@@ -160,7 +171,7 @@ class MonitorConfig:
         for key, lo in (("window_events", 1), ("window_ms", 1), ("min_window_events", 1), ("warmup_events", 0),
                         ("calibration_draws", 50), ("confirm_windows", 1), ("cooldown_ms", 0), ("score_chunk", 1),
                         ("label_max_pending", 1), ("label_window", 10), ("schedule_ms", 0), ("volume_events", 0),
-                        ("training_window_ms", 1), ("key_bucket_ms", 1)):
+                        ("training_window_ms", 1), ("key_bucket_ms", 1), ("label_wait_ms", 0)):
             need(is_int(getattr(self, key)) and getattr(self, key) >= lo, key, f"must be an integer >= {lo}")
         need(self.min_window_events <= self.window_events, "min_window_events", "must be <= window_events")
         for key in ("alpha", "adwin_delta"):
@@ -168,6 +179,9 @@ class MonitorConfig:
         need(is_num(self.label_sample) and 0.0 <= self.label_sample <= 1.0, "label_sample", "must be in [0, 1]")
         for key in ("psi_floor", "score_shift_floor", "auc_drop", "ece_rise", "calibration_shift"):
             need(is_num(getattr(self, key)) and getattr(self, key) >= 0.0, key, "must be a number >= 0")
+        need(self.label_topic is None or (isinstance(self.label_topic, str) and bool(self.label_topic.strip())),
+             "label_topic", "must be a topic name or null")
+        need(self.label_missing in ("drop", "negative"), "label_missing", "must be 'drop' or 'negative'")
 
 
 @dataclass(frozen=True)
@@ -308,6 +322,9 @@ class EngineConfig:
         need(problem is None, str(problem))
         need(self.monitor.trigger_topic not in topics,
              f"monitor.trigger_topic must differ from the input, scores and dlq topics, got {self.monitor.trigger_topic!r}")
+        need(self.monitor.label_topic not in {*topics, self.monitor.trigger_topic},
+             f"monitor.label_topic must differ from the input, scores, dlq and trigger topics, "
+             f"got {self.monitor.label_topic!r}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
         unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)

@@ -204,6 +204,7 @@ class PartitionMonitor:
     policy: dict[str, Any] | None = None
     labels_resolved: int = 0
     labels_dropped: int = 0
+    labels_expired: int = 0  # label topic: scored events whose label did not come in time
     label_cursor: str | None = None
     switches: list[dict[str, Any]] = field(default_factory=list)
 
@@ -272,6 +273,8 @@ class Evaluation:
     performance: dict[str, float] | None = None
     window_fill: int = 0
     resolved: tuple[int, int] = (0, 0)  # (negatives, positives)
+    expired: int = 0  # label topic: pending events dropped without a label
+    untracked_labels: int = 0  # label-topic records of entities outside the label sample
     switched: bool = False
     seconds: float = 0.0
     triggers: list[RetrainTrigger] = field(default_factory=list)
@@ -327,9 +330,11 @@ class DriftMonitor:
                      "on" if ref.bins is not None else "off (no profile)",
                      f"horizon {ref.horizon_ms} ms" if ref.horizon_ms else "off (no horizon)")
         if self.reference is not ref:
-            self._join = (LabelJoin(ref.horizon_ms, self.cfg.label_sample, self.cfg.label_max_pending,
-                                    ref.model["version"])
-                          if ref.horizon_ms is not None and self.cfg.label_sample > 0 else None)
+            cfg = self.cfg
+            self._join = (LabelJoin(ref.horizon_ms, cfg.label_sample, cfg.label_max_pending, ref.model["version"],
+                                    external=cfg.label_topic is not None, wait_ms=cfg.label_wait_ms or None,
+                                    missing=cfg.label_missing)
+                          if ref.horizon_ms is not None and cfg.label_sample > 0 else None)
         self.reference = ref
 
     def label_keys(self, entities: Sequence[str]) -> list[str]:
@@ -383,9 +388,7 @@ class DriftMonitor:
             return BatchOutcome({}, [], ev)
         if pm.model != ref.model:
             self._switch(pm, partition, ev)
-        policy = TriggerPolicy(self.cfg, pm.policy, self._wall_ms)
-        ctx = TriggerContext(model=dict(ref.model), feature_spec=ref.feature_spec, reference=ref.description,
-                             source={"group": self.group, "partition": partition, "partitions": [partition]})
+        policy, ctx = self._policy(pm, partition)
         states: dict[str, bytes | None] = {}
         triggers: list[RetrainTrigger] = []
         n_events = len(events)
@@ -413,18 +416,10 @@ class DriftMonitor:
             resolved = Resolved()
             states.update(join.apply(list(map(itemgetter(entity_field), events)), ts,
                                      list(map(itemgetter("event_type"), events)),
-                                     scores, stored, watermark, resolved))
-            if scan_labels is not None and watermark is not None:
-                # Label records grow by at most one per sampled event, so sweeping that many per
-                # batch keeps pace (a record is visited again after about one pass of the store).
-                limit = max(16, math.ceil(n_events * self.cfg.label_sample))
-                records = scan_labels(pm.label_cursor, limit)
-                pm.label_cursor = records[-1][0] if len(records) == limit else None
-                states.update(join.sweep([(k, r) for k, r in records if k not in states], watermark, resolved))
-            self._feed_labels(pm, resolved, ev)
-            if len(pm.perf_labels) >= self.cfg.label_window:
-                sig, ev.performance, window = self._performance(pm, ref)
-                triggers += self._decide(policy, "performance", sig, window, ctx, ev)
+                                     scores, stored, watermark, resolved,
+                                     event_ids=list(map(itemgetter("event_id"), events)) if join.external else None))
+            self._sweep_labels(pm, join, n_events, states, watermark, scan_labels, resolved)
+            triggers += self._labelled(pm, ref, resolved, policy, ctx, ev)
 
         # 4: a closed window
         ev.window_fill = pm.n
@@ -445,6 +440,72 @@ class DriftMonitor:
         ev.triggers = triggers
         ev.seconds = time.perf_counter() - t0
         return BatchOutcome(states, triggers, ev)
+
+    def observe_labels(
+        self,
+        pm: PartitionMonitor,
+        partition: int,
+        labels: Sequence[tuple[str, str, int]],
+        stored: Mapping[str, bytes | None],
+        watermark: int | None,
+        scan_labels: Callable[[str | None, int], list[tuple[str, bytes]]] | None = None,
+    ) -> BatchOutcome:
+        """Apply records of the label topic, ``(entity, event_id, label)`` in offset order, of one
+        partition: they resolve the partition's pending scored events (`LabelJoin.resolve_external`),
+        feed the performance window and may confirm a performance trigger, as labels derived
+        in `observe` do. `stored` holds the label records of `labels_keys(labels)`."""
+        t0 = time.perf_counter()
+        ev = Evaluation(partition)
+        ref, join = self.reference, self._join
+        if ref is None or join is None or not join.external:
+            return BatchOutcome({}, [], ev)
+        if pm.model != ref.model:
+            self._switch(pm, partition, ev)
+        policy, ctx = self._policy(pm, partition)
+        resolved = Resolved()
+        states, ev.untracked_labels = join.resolve_external(labels, stored, watermark, resolved)
+        self._sweep_labels(pm, join, len(labels), states, watermark, scan_labels, resolved)
+        triggers = self._labelled(pm, ref, resolved, policy, ctx, ev)
+        pm.policy = policy.state
+        states[MONITOR_KEY] = pm.encode()
+        ev.triggers = triggers
+        ev.seconds = time.perf_counter() - t0
+        return BatchOutcome(states, triggers, ev)
+
+    def labels_keys(self, labels: Sequence[tuple[str, str, int]]) -> list[str]:
+        """Store keys `observe_labels` needs for these label-topic records."""
+        return self.label_keys({entity for entity, _, _ in labels})
+
+    def _policy(self, pm: PartitionMonitor, partition: int) -> tuple[TriggerPolicy, TriggerContext]:
+        ref = self.reference
+        assert ref is not None
+        return (TriggerPolicy(self.cfg, pm.policy, self._wall_ms),
+                TriggerContext(model=dict(ref.model), feature_spec=ref.feature_spec, reference=ref.description,
+                               source={"group": self.group, "partition": partition, "partitions": [partition]}))
+
+    def _sweep_labels(self, pm: PartitionMonitor, join: LabelJoin, n: int, states: dict[str, bytes | None],
+                      watermark: int | None,
+                      scan_labels: Callable[[str | None, int], list[tuple[str, bytes]]] | None,
+                      resolved: Resolved) -> None:
+        """Visit a few stored label records no record of this unit touched (expiry to 0 or drop).
+        Label records grow by at most one per sampled event, so sweeping that many per batch
+        keeps pace (a record is visited again after about one pass of the store)."""
+        if scan_labels is None or watermark is None:
+            return
+        limit = max(16, math.ceil(n * self.cfg.label_sample))
+        records = scan_labels(pm.label_cursor, limit)
+        pm.label_cursor = records[-1][0] if len(records) == limit else None
+        # A record this unit already rewrote is newer than the store's copy: leave it.
+        states.update(join.sweep([(k, r) for k, r in records if k not in states], watermark, resolved))
+
+    def _labelled(self, pm: PartitionMonitor, ref: Reference, resolved: Resolved, policy: TriggerPolicy,
+                  ctx: TriggerContext, ev: Evaluation) -> list[RetrainTrigger]:
+        """Resolved outcomes into the performance window; a full window is evaluated."""
+        self._feed_labels(pm, resolved, ev)
+        if len(pm.perf_labels) < self.cfg.label_window:
+            return []
+        sig, ev.performance, window = self._performance(pm, ref)
+        return self._decide(policy, "performance", sig, window, ctx, ev)
 
     def _decide(self, policy: TriggerPolicy, reason: str, signal: Signal | None, window: Window,
                 ctx: TriggerContext, ev: Evaluation) -> list[RetrainTrigger]:
@@ -470,6 +531,8 @@ class DriftMonitor:
     # -- labels and performance ----------------------------------------------------------------
 
     def _feed_labels(self, pm: PartitionMonitor, resolved: Resolved, ev: Evaluation) -> None:
+        pm.labels_expired += resolved.expired
+        ev.expired = resolved.expired
         if not len(resolved):
             return
         positives = int(sum(resolved.labels))

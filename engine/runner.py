@@ -38,6 +38,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
 from engine.kafka_clients import client_settings
+from engine.label_topic import LABEL_INVALID, InvalidLabel, LabelTopicReader, parse_label
 from engine.labels import LABEL_PREFIX
 from engine.monitors import MONITOR_KEY, DriftMonitor, Evaluation, PartitionMonitor
 from engine.observability import EngineMetrics, serve_http
@@ -205,6 +206,8 @@ class ScoringEngine:
             "enable.partition.eof": False,
             **({"client.id": client_id(cfg.query)} if self._query else {}),  # advertises the query address
         }))
+        label_topic = cfg.monitor.label_topic if cfg.monitor.enabled else None
+        self._labels = LabelTopicReader(bootstrap, label_topic, cfg.group_id, cfg.kafka) if label_topic else None
         self._publish_models()
 
     def _transactional_id(self) -> str:
@@ -223,6 +226,15 @@ class ScoringEngine:
             raise TopicsMissing(f"topics {missing} do not exist on {self.bootstrap}: create them with "
                                 "`streamscore topics create` (or your cluster's tooling)")
         partitions = len(md.topics[self.cfg.input_topic].partitions)
+        labels = self.cfg.monitor.label_topic if self.cfg.monitor.enabled else None
+        if labels is not None:
+            if labels not in md.topics or md.topics[labels].error is not None:
+                raise TopicsMissing(f"monitor.label_topic {labels!r} does not exist on {self.bootstrap}: create it "
+                                    f"with {partitions} partitions (`streamscore topics create` does)")
+            if len(md.topics[labels].partitions) != partitions:
+                raise TopicsMissing(f"monitor.label_topic {labels!r} has {len(md.topics[labels].partitions)} "
+                                    f"partitions, the input topic {partitions}: labels must be co-partitioned with "
+                                    "the input (same partition count, keyed by entity)")
         specs = [TopicSpec(self._changelog, partitions, compacted=True)]
         if self.cfg.monitor.enabled and self.cfg.monitor.trigger_topic not in md.topics:
             specs.append(TopicSpec(self.cfg.monitor.trigger_topic, 1))
@@ -301,6 +313,8 @@ class ScoringEngine:
                     self._close_idle_partitions(now)
                 if msgs:
                     self._process(msgs)
+                if self._labels is not None:
+                    self._process_labels()
                 if self._partitions:
                     unassigned_since = None
                 elif unassigned_since is None:
@@ -394,6 +408,8 @@ class ScoringEngine:
         try:
             self._producer.flush(30)
             self._consumer.close()  # revokes (closing stores) and leaves the group
+            if self._labels is not None:
+                self._labels.close()
             self._producer.close()
         finally:
             for part in self._partitions.values():
@@ -423,6 +439,8 @@ class ScoringEngine:
                 self._query.attach(tp.partition, store)
             log.info("assigned %s[%d]: restored %d changelog records in %.2f s; state reflects offsets < %s",
                      tp.topic, tp.partition, result.records, result.seconds, applied)
+        if self._labels is not None:
+            self._labels.assign([tp.partition for tp in partitions])
         self.metrics.assigned.set(len(self._partitions))
 
     def _restore_progress(self, partition: int) -> Callable[[int, int, int], None]:
@@ -437,6 +455,8 @@ class ScoringEngine:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches complete (commit included) before the next consume(), where callbacks run,
         # so there is nothing in flight to flush here: just release the stores.
+        if self._labels is not None:
+            self._labels.revoke([tp.partition for tp in partitions])
         for tp in partitions:
             part = self._partitions.pop(tp.partition, None)
             self.metrics.restoring.discard(tp.partition)
@@ -769,6 +789,11 @@ class ScoringEngine:
                           partition, self._monitor_failures)
             part.reload_monitor()
             return
+        self._take_outcome(outcome, states)
+
+    def _take_outcome(self, outcome: Any, states: dict[str, bytes | None]) -> None:
+        """A monitor outcome's records join `states`; its triggers are produced (in the open
+        transaction); its evaluation is applied to metrics once the unit of work commits."""
         states.update(outcome.states)
         for trigger in outcome.triggers:
             while True:
@@ -779,6 +804,100 @@ class ScoringEngine:
                 except BufferError:
                     self._producer.poll(0.1)
         self._counts.evaluations.append(outcome.evaluation)
+
+    def _process_labels(self) -> None:
+        """One unit of work of label-topic records (engine/label_topic.py), if any were fetched:
+        per owned partition, parse (bad → DLQ), resolve pending scored events, feed the
+        performance window; the changed records, triggers, dead letters and the label
+        partitions' offsets in one transaction (exactly_once), the store written after it."""
+        assert self._labels is not None and self._monitor is not None
+        self._labels.resume_ready({p for p, part in self._partitions.items() if part.applied is not None})
+        polled = self._labels.poll(self.cfg.max_batch)
+        if not polled:
+            return
+        self._counts = _BatchCounts()
+        writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
+        commits: list[TopicPartition] = []
+        first: dict[int, int] = {}
+        if self._eos:
+            self._producer.begin_transaction()
+        try:
+            for p, lmsgs in polled.items():
+                part = self._partitions.get(p)
+                if part is None:  # revoked since the fetch: the next owner reads them
+                    continue
+                if part.applied is None or part.monitor is None:  # nothing scored here yet: wait for it
+                    self._labels.pause(p)
+                    self._labels.rewind(p, lmsgs[0].offset())
+                    continue
+                first[p] = lmsgs[0].offset()
+                states = self._apply_labels(part, p, lmsgs)
+                writes.append((p, part, states, part.clock.encode(), part.applied))
+                commits.append(TopicPartition(self._labels.topic, p, lmsgs[-1].offset() + 1))
+            if self._eos:
+                self._produce_changelog(writes)
+                self._await_deliveries()
+                if commits:
+                    self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
+                self._commit_transaction()
+            else:
+                self._await_deliveries()
+                self._produce_changelog(writes)
+                self._await_deliveries()
+        except KafkaException as exc:
+            if not self._eos or not _abortable(exc):
+                raise
+            log.warning("aborting label transaction (%s); re-reading the labels", exc)
+            self._producer.abort_transaction(60)
+            for p, offset in first.items():
+                self._labels.rewind(p, offset)
+                if p in self._partitions:
+                    self._partitions[p].reload_monitor()
+            return
+        for partition, part, states, clock, applied in writes:
+            part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
+        if commits and not self._eos:
+            self._consumer.commit(offsets=commits, asynchronous=False)
+        self._account_labels()
+
+    def _apply_labels(self, part: _Partition, partition: int, msgs: list[Message]) -> dict[str, bytes | None]:
+        """Parse one partition's label messages (bad → DLQ) and feed them to its monitor; the
+        records to write (empty if the monitor failed: logged, the labels are not applied)."""
+        assert self._monitor is not None and part.monitor is not None
+        labels: list[tuple[str, str, int]] = []
+        for m in msgs:
+            try:
+                labels.append(parse_label(m.value(), m.key()))
+            except InvalidLabel as exc:
+                self._dead_letter(m, LABEL_INVALID, str(exc))
+        states: dict[str, bytes | None] = {}
+        if not labels:
+            return states
+        stored = part.store.multi_get(self._monitor.labels_keys(labels))
+        try:
+            outcome = self._monitor.observe_labels(
+                part.monitor, partition, labels, stored, part.clock.watermark,
+                scan_labels=lambda after, limit: part.store.scan_prefix(LABEL_PREFIX, after, limit))
+        except Exception:  # noqa: BLE001 - monitoring must never stop scoring
+            self._monitor_failures += 1
+            log.exception("monitor failed on the labels of partition %d; they are not applied", partition)
+            part.reload_monitor()
+            return states
+        self._take_outcome(outcome, states)
+        return states
+
+    def _account_labels(self) -> None:
+        """Count a committed label unit's dead letters, evaluations and triggers."""
+        c = self._counts
+        for reason, n in c.dead.items():
+            self.stats.dead_lettered[reason] += n
+            self.metrics.dead_lettered.labels(reason).inc(n)
+        for ev in c.evaluations:
+            self.metrics.monitor.apply(ev)
+            self.stats.retrain_triggers += len(ev.triggers)
+            for t in ev.triggers:
+                log.info("retraining trigger %s: %s for %s v%s (labels of partition %d, key %s)", t.trigger_id,
+                         t.reason, t.model["name"], t.model.get("version"), ev.partition, t.idempotency_key)
 
     def _produce_changelog(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
         for partition, _, states, clock, next_offset in writes:
