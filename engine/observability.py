@@ -150,6 +150,10 @@ class MonitorMetrics:
         self.triggers = Counter("streamscore_retrain_triggers", "Retraining triggers published", ["reason"], registry=r)
         self.labels = Counter("streamscore_monitor_labels_resolved", "Live outcomes joined to scores", ["label"],
                               registry=r)
+        self.expired = Counter("streamscore_monitor_labels_expired", "Scored events whose label did not come from "
+                               "the label topic in time (dropped)", registry=r)
+        self.untracked = Counter("streamscore_monitor_labels_untracked", "Label-topic records of entities outside "
+                                 "the label sample (ignored)", registry=r)
         self.switches = Counter("streamscore_monitor_reference_switches", "Partition monitors that switched to a new "
                                 "champion's reference", registry=r)
         self.seconds = Counter("streamscore_monitor_seconds", "Wall time spent in the monitors", registry=r)
@@ -161,6 +165,10 @@ class MonitorMetrics:
         self.seconds.inc(ev.seconds)
         if ev.switched:
             self.switches.inc()
+        if ev.expired:
+            self.expired.inc(ev.expired)
+        if ev.untracked_labels:
+            self.untracked.inc(ev.untracked_labels)
         negatives, positives = ev.resolved
         if negatives:
             self.labels.labels("0").inc(negatives)

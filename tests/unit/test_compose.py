@@ -115,5 +115,6 @@ def test_prometheus_scrapes_every_engine_and_grafana_is_provisioned() -> None:
     uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
     assert uids == {ds["datasources"][0]["uid"]}
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for topic in ("throughput", "latency", "lag", "dead letters", "restore", "model version"):
+    for topic in ("throughput", "latency", "lag", "dead letters", "restore", "model version", "drift",
+                  "retraining triggers", "performance"):
         assert topic in titles, f"dashboard has no {topic} panel"
