@@ -133,7 +133,7 @@ class MonitorConfig:
     min_window_events: int = 5_000
     warmup_events: int = 5_000
     alpha: float = 0.01
-    psi_floor: float = 0.25
+    psi_floor: float = 0.2
     calibration_draws: int = 1_000
     confirm_windows: int = 2
     cooldown_ms: int = 21_600_000

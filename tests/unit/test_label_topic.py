@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
@@ -10,8 +12,21 @@ from hypothesis import strategies as st
 
 from engine.label_topic import InvalidLabel, parse_label
 from engine.labels import LabelJoin, Resolved
+from tests.unit.test_monitor_triggers import schema_problems
 
 H = 3_600_000
+
+
+SCHEMA = orjson.loads((Path(__file__).resolve().parents[2] / "docs/schemas/label.v1.json").read_bytes())
+
+
+def test_the_documented_schema_matches_the_parser() -> None:
+    """Every field the parser reads is in the JSON schema, with the same required set."""
+    assert set(SCHEMA["required"]) == {"event_id", "entity", "label"}
+    assert set(SCHEMA["properties"]) == {"schema_version", "event_id", "entity", "label", "ts"}
+    example = {"schema_version": 1, "event_id": "e1", "entity": "u1", "label": 1, "ts": 1}
+    assert schema_problems(example, SCHEMA) == []
+    assert parse_label(orjson.dumps(example), b"u1") == ("u1", "e1", 1)
 
 
 def test_a_label_record_parses_and_bad_ones_say_why() -> None:
