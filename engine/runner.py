@@ -618,18 +618,21 @@ class ScoringEngine:
             part.idle_after, part.idle_swept = after, after is None
 
     def _commit_outputs(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]],
-                        commits: list[TopicPartition]) -> bool:
-        """Outputs of a unit of work without input (the idle close): closed-session records and
-        changelog, in one transaction with `commits` (exactly_once), or delivered in that order
-        (at_least_once). False if the transaction was aborted (nothing visible; retried later)."""
+                        commits: list[TopicPartition], produce: Callable[[], None] | None = None,
+                        what: str = "idle-close") -> bool:
+        """Outputs of a unit of work without input (the idle close, a label unit): what `produce`
+        produces (default: the closed-session records) and the changelog, in one transaction with
+        `commits` (exactly_once), or delivered in that order (at_least_once). False if the
+        transaction was aborted (nothing visible; retried later)."""
         if self._eos:
             self._producer.begin_transaction()
         try:
-            self._report_closed()
+            (produce or self._report_closed)()  # may add to writes and commits
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
-                self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
+                if commits:
+                    self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
                 self._commit_transaction()
             else:
                 self._await_deliveries()
@@ -638,7 +641,7 @@ class ScoringEngine:
         except KafkaException as exc:
             if not self._eos or not _abortable(exc):
                 raise
-            log.warning("aborting idle-close transaction (%s); will retry", exc)
+            log.warning("aborting %s transaction (%s); will retry", what, exc)
             self._producer.abort_transaction(60)
             return False
         return True
@@ -810,47 +813,34 @@ class ScoringEngine:
         per owned partition, parse (bad → DLQ), resolve pending scored events, feed the
         performance window; the changed records, triggers, dead letters and the label
         partitions' offsets in one transaction (exactly_once), the store written after it."""
-        assert self._labels is not None and self._monitor is not None
-        self._labels.resume_ready({p for p, part in self._partitions.items() if part.applied is not None})
-        polled = self._labels.poll(self.cfg.max_batch)
+        reader = self._labels
+        assert reader is not None and self._monitor is not None
+        reader.resume_ready({p for p, part in self._partitions.items() if part.applied is not None})
+        polled = reader.poll(self.cfg.max_batch)
         if not polled:
             return
         self._counts = _BatchCounts()
         writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
         commits: list[TopicPartition] = []
         first: dict[int, int] = {}
-        if self._eos:
-            self._producer.begin_transaction()
-        try:
+
+        def apply() -> None:  # inside the transaction: dead letters and triggers are produced
             for p, lmsgs in polled.items():
                 part = self._partitions.get(p)
                 if part is None:  # revoked since the fetch: the next owner reads them
                     continue
                 if part.applied is None or part.monitor is None:  # nothing scored here yet: wait for it
-                    self._labels.pause(p)
-                    self._labels.rewind(p, lmsgs[0].offset())
+                    reader.pause(p)
+                    reader.rewind(p, lmsgs[0].offset())
                     continue
                 first[p] = lmsgs[0].offset()
                 states = self._apply_labels(part, p, lmsgs)
                 writes.append((p, part, states, part.clock.encode(), part.applied))
-                commits.append(TopicPartition(self._labels.topic, p, lmsgs[-1].offset() + 1))
-            if self._eos:
-                self._produce_changelog(writes)
-                self._await_deliveries()
-                if commits:
-                    self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
-                self._commit_transaction()
-            else:
-                self._await_deliveries()
-                self._produce_changelog(writes)
-                self._await_deliveries()
-        except KafkaException as exc:
-            if not self._eos or not _abortable(exc):
-                raise
-            log.warning("aborting label transaction (%s); re-reading the labels", exc)
-            self._producer.abort_transaction(60)
-            for p, offset in first.items():
-                self._labels.rewind(p, offset)
+                commits.append(TopicPartition(reader.topic, p, lmsgs[-1].offset() + 1))
+
+        if not self._commit_outputs(writes, commits, produce=apply, what="label"):
+            for p, offset in first.items():  # nothing of the unit is visible: read the labels again
+                reader.rewind(p, offset)
                 if p in self._partitions:
                     self._partitions[p].reload_monitor()
             return

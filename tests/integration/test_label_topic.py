@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.config import MonitorConfig
+from engine.config import EngineConfig, MonitorConfig
 from engine.label_topic import LABEL_INVALID
 from models.trigger import RetrainTrigger
 from tests.integration.conftest import (
@@ -54,6 +54,16 @@ def _labels(bootstrap: str, scores_topic: str, invert: bool) -> list[tuple[bytes
     return out
 
 
+def _scored(bootstrap: str, make_topic, tmp_path: Path, model: TrainedModel,  # type: ignore[no-untyped-def]
+            **monitor: object) -> EngineConfig:
+    """Fresh topics (labels co-partitioned with clicks), EVENTS clicks on them, and the config."""
+    clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq")
+    triggers, labels = make_topic("triggers"), make_topic("labels", PARTITIONS)
+    produce_all(bootstrap, clicks, _training_like()[:EVENTS])
+    return engine_config(tmp_path, model, clicks, scores, dlq,
+                         monitor=dataclasses.replace(MONITOR, trigger_topic=triggers, label_topic=labels, **monitor))
+
+
 def _resolved(engine) -> float:  # type: ignore[no-untyped-def]
     """Labels the engine's committed units have joined to scores so far."""
     return sum(engine.metrics.registry.get_sample_value("streamscore_monitor_labels_resolved_total",
@@ -67,12 +77,8 @@ def _gauge(engine, name: str, labels: dict[str, str]) -> float | None:  # type: 
 def test_labels_on_the_topic_move_performance_and_trigger_decay(kafka_bootstrap: str, make_topic,  # type: ignore[no-untyped-def]
                                                                   tmp_path: Path,
                                                                   trained_model: TrainedModel) -> None:
-    clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq")
-    triggers, labels = make_topic("triggers"), make_topic("labels", PARTITIONS)
-    cfg = engine_config(tmp_path, trained_model, clicks, scores, dlq,
-                        monitor=dataclasses.replace(MONITOR, trigger_topic=triggers, label_topic=labels))
-    payloads = _training_like()[:EVENTS]
-    produce_all(kafka_bootstrap, clicks, payloads)
+    cfg = _scored(kafka_bootstrap, make_topic, tmp_path, trained_model)
+    scores, dlq, triggers, labels = cfg.scores_topic, cfg.dlq_topic, cfg.monitor.trigger_topic, cfg.monitor.label_topic
     with running_engine(cfg, kafka_bootstrap) as engine:
         wait_for_stats(engine, lambda s: s.consumed == EVENTS, timeout=120)
         assert _gauge(engine, "streamscore_monitor_labels_resolved_total", {"label": "1"}) is None  # no outcome yet
@@ -98,13 +104,8 @@ def test_labels_on_the_topic_move_performance_and_trigger_decay(kafka_bootstrap:
 def test_each_label_is_applied_once_across_a_restart_on_a_wiped_disk(kafka_bootstrap: str, make_topic,  # type: ignore[no-untyped-def]
                                                                       tmp_path: Path,
                                                                       trained_model: TrainedModel) -> None:
-    clicks, scores, dlq = make_topic("clicks", PARTITIONS), make_topic("scores", PARTITIONS), make_topic("dlq")
-    triggers, labels = make_topic("triggers"), make_topic("labels", PARTITIONS)
-    cfg = engine_config(tmp_path, trained_model, clicks, scores, dlq,
-                        monitor=dataclasses.replace(MONITOR, trigger_topic=triggers, label_topic=labels,
-                                                    label_window=100_000))
-    payloads = _training_like()[:EVENTS]
-    produce_all(kafka_bootstrap, clicks, payloads)
+    cfg = _scored(kafka_bootstrap, make_topic, tmp_path, trained_model, label_window=100_000)
+    clicks, scores, labels = cfg.input_topic, cfg.scores_topic, cfg.monitor.label_topic
     with running_engine(cfg, kafka_bootstrap) as engine:
         wait_for_stats(engine, lambda s: s.consumed == EVENTS, timeout=120)
         good = _labels(kafka_bootstrap, scores, invert=False)
