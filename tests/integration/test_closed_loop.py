@@ -71,11 +71,12 @@ def test_drift_to_trigger_to_retrained_champion_served(kafka_bootstrap: str, mak
         assert triggers, "the drifted stream published no retraining trigger"
         assert {t.model["version"] for t in triggers} == {1}
         assert "feature_drift" in {t.reason for t in triggers}, [t.reason for t in triggers]
-        drift = next(t for t in triggers if t.reason == "feature_drift")
-        # Mobile conversions collapse: the device mix of events shifts (with the 7-day purchase
-        # and cart features, which may rank above it); the device columns are among the drifted.
-        drifted = [e["name"] for e in drift.evidence if e["drifted"]]
-        assert any("device" in name for name in drifted), drift.evidence
+        # Mobile conversions collapse and the traffic mix shifts: the device columns are among the
+        # drifted evidence of the feature-drift triggers (a first trigger from a window that
+        # straddles the change may rest on the 7-day features alone).
+        feature = [t for t in triggers if t.reason == "feature_drift"]
+        drifted = {e["name"] for t in feature for e in t.evidence if e["drifted"]}
+        assert any("device" in name for name in drifted), [t.evidence[:5] for t in feature]
 
         # 2. The worker retrains from the input topic and promotes; later triggers about v1 are stale.
         stats = RetrainWorker(cfg, kafka_bootstrap).run(max_triggers=len(triggers), max_seconds=900)
