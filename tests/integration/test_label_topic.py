@@ -74,10 +74,11 @@ def _gauge(engine, name: str, labels: dict[str, str]) -> float | None:  # type: 
     return engine.metrics.registry.get_sample_value(name, labels)
 
 
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_labels_on_the_topic_move_performance_and_trigger_decay(kafka_bootstrap: str, make_topic,  # type: ignore[no-untyped-def]
-                                                                  tmp_path: Path,
-                                                                  trained_model: TrainedModel) -> None:
-    cfg = _scored(kafka_bootstrap, make_topic, tmp_path, trained_model)
+                                                                  tmp_path: Path, trained_model: TrainedModel,
+                                                                  guarantee: str) -> None:
+    cfg = dataclasses.replace(_scored(kafka_bootstrap, make_topic, tmp_path, trained_model), guarantee=guarantee)
     scores, dlq, triggers, labels = cfg.scores_topic, cfg.dlq_topic, cfg.monitor.trigger_topic, cfg.monitor.label_topic
     with running_engine(cfg, kafka_bootstrap) as engine:
         wait_for_stats(engine, lambda s: s.consumed == EVENTS, timeout=120)
