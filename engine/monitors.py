@@ -18,8 +18,9 @@ the sampled entities' events):
 2. **Score detector.** ADWIN (river) is fed the means of consecutive chunks of ``score_chunk``
    scores; a detection whose relative change of the mean score is at least
    ``score_shift_floor`` is a prediction-drift signal of the current window.
-3. **Labels.** Outcomes resolved by the label join (engine/labels.py) accumulate into a
-   performance window of ``label_window`` labels; a second ADWIN watches the calibration residual
+3. **Labels.** Outcomes resolved by the label join (engine/labels.py: derived from purchases,
+   or given by the label topic through `observe_labels`) accumulate into a performance window
+   of ``label_window`` labels; a second ADWIN watches the calibration residual
    ``y - p`` label by label. A full performance window is evaluated with `models.evaluate`.
 4. **Evaluation.** A closed window of at least ``min_window_events`` rows is compared with the
    reference: PSI, JS and binned KS per column, thresholds calibrated for its size
@@ -372,7 +373,8 @@ class DriftMonitor:
         """Monitor one partition's batch.
 
         Args:
-            events: the batch's scored (on-time) events, offset order.
+            events: the batch's scored (on-time) events, offset order (with a label topic they
+                need their ``event_id``).
             rows: their feature rows (float32 [n, d]).
             scores: the champion's score per event; NaN where the champion did not answer
                 (canary rows): such rows are not monitored but still count as purchases.
