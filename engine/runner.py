@@ -858,8 +858,9 @@ class ScoringEngine:
 
 
 def _watermark_origin(clock: PartitionClock, ts: int) -> str:
-    """What made an event at `ts` late: the event-time watermark, or only the wall-clock floor."""
-    if clock.floor is not None and clock.event_watermark is not None and ts >= clock.event_watermark:
+    """What made an event at `ts` late: the wall-clock floor (constant in a batch) if it is below
+    it, else the event-time watermark."""
+    if clock.floor is not None and ts < clock.floor:
         return f"{clock.floor} ms, raised from the wall clock while the partition was idle (sessions.idle_watermark)"
     return f"(max event time - grace {clock.grace_ms} ms)"
 
