@@ -298,10 +298,10 @@ class ScoringEngine:
                 self.metrics.last_loop = now
                 if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
                     self._publish_models()
-                if not msgs and self.cfg.sessions.idle_close_ms is not None:
-                    self._close_idle_partitions(now)
                 if msgs:
                     self._process(msgs)
+                if self.cfg.sessions.idle_close_ms is not None:  # after the batch: its partitions are not idle
+                    self._close_idle_partitions(now)
                 if self._partitions:
                     unassigned_since = None
                 elif unassigned_since is None:
@@ -565,9 +565,10 @@ class ScoringEngine:
         self._produce_batch(self._closed_topic, msgs, self._on_delivery)
 
     def _close_idle_partitions(self, now: float) -> None:
-        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long,
-        `IDLE_SWEEP_CHUNK` records per partition per loop turn until each is swept whole (once
-        per idle spell), reporting the sessions their watermark has already closed. Each turn
+        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long
+        (also while other partitions are busy), `IDLE_SWEEP_CHUNK` records per partition per loop
+        turn until each is swept whole (once per idle spell), reporting the sessions their
+        watermark has already closed. Each turn
         that closes something is a transaction of its own: records, changelog, and the (unmoved)
         input offsets, which fences it like a batch if the group has moved on.
 
