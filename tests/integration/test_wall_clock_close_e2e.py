@@ -1,9 +1,10 @@
 """Wall-clock session close end to end (`sessions.idle_watermark: wall_clock`): real broker, real
 engine processes, RocksDB state, ONNX scoring.
 
-A partition's input stops entirely after one entity's session: with event time alone nothing
-would ever close it (the watermark stays put). With the wall-clock close its "session closed"
-record (closed_by "wall_clock") appears within a deadline without further input. The engine is
+A partition's input stops entirely after one entity's session, while the engine's other
+partition stays busy: with event time alone nothing would ever close it (the watermark stays
+put). With the wall-clock close its "session closed" record (closed_by "wall_clock") appears
+within a deadline without further input to its partition. The engine is
 then killed with SIGKILL and restarted on an empty disk: the raised watermark comes back from the
 changelog, so an event that would have joined the reported session is dead-lettered as late
 (the session is never reopened or reported twice), and a fresh event starts a new session, which
@@ -13,6 +14,7 @@ is itself closed by the wall clock.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from engine.records import headers_dict
+from features.partitioning import kafka_partition
 from features.spec import Aggregate, FeatureSpec, Window
 from tests.integration.conftest import produce_all, register_small_model
 from tests.integration.engine_process import CommittedOffsets, EngineProcesses, engine_yaml, wait_until
@@ -77,6 +80,30 @@ def click(eid: str, user: str, ts: int, price: float | None = None) -> tuple[byt
     return user.encode(), orjson.dumps(e)
 
 
+class BusyPartition:
+    """Live events of `user` (event time = now) every ~10 ms from a thread, until closed: keeps
+    the engine's loop turns fetching input from another partition."""
+
+    def __init__(self, bootstrap: str, topic: str, user: str) -> None:
+        self.sent = 0
+        self._stop = threading.Event()
+        self._producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 1})
+        self._thread = threading.Thread(target=self._run, args=(topic, user), daemon=True)
+        self._thread.start()
+
+    def _run(self, topic: str, user: str) -> None:
+        while not self._stop.wait(0.01):  # pacing of the load, not synchronisation
+            key, value = click(f"busy{self.sent}", user, int(time.time() * 1000))
+            self._producer.produce(topic, value, key)
+            self._producer.poll(0)
+            self.sent += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert self._producer.flush(30) == 0
+
+
 def test_a_stopped_partitions_last_session_closes_by_the_wall_clock_once_across_kill9(
         kafka_bootstrap: str, make_topic, tmp_path: Path) -> None:
     registry = register_small_model(tmp_path / "registry", SPEC, "wall", seed=3)
@@ -92,6 +119,11 @@ def test_a_stopped_partitions_last_session_closes_by_the_wall_clock_once_across_
     )
     closed, scored, dead = (Tail(kafka_bootstrap, closed_topic, PARTITIONS), Tail(kafka_bootstrap, scores, PARTITIONS),
                             Tail(kafka_bootstrap, dlq, 1))
+    pa = kafka_partition("alice", PARTITIONS)
+    bob = next(u for u in (f"bob{i}" for i in range(100)) if kafka_partition(u, PARTITIONS) != pa)
+
+    def alices(tail: Tail) -> list[dict[str, Any]]:
+        return [v for v in tail.values() if v["entity"] == "alice"]
     try:
         with EngineProcesses() as procs, CommittedOffsets(kafka_bootstrap, f"g-{clicks}", clicks, PARTITIONS) as c:
             first = procs.start(config, "first")
@@ -99,10 +131,17 @@ def test_a_stopped_partitions_last_session_closes_by_the_wall_clock_once_across_
             t0 = int(time.time() * 1000)  # live events: event time tracks the wall clock
             produce_all(kafka_bootstrap, clicks, [click("a1", "alice", t0 - 400, 10.0), click("a2", "alice", t0 - 200, 5.0),
                                                   click("a3", "alice", t0, 1.5)])
-            wait_until(lambda: c.total() == 3, 60, "alice's events committed", procs.logs)
-            # Input stops entirely. The partition's watermark stays at t0 - grace, which will never
-            # close [t0 - 400, t0]; the wall clock does once now - lag > t0 + gap (~5 s from now).
-            [r] = wait_until(closed.values, 60, "alice's session-closed record without further input", procs.logs)
+            wait_until(lambda: c.per_partition()[pa] == 3, 60, "alice's events committed", procs.logs)
+            # Input to alice's partition stops entirely; the other partition stays busy. Her
+            # partition's watermark stays at t0 - grace, which will never close [t0 - 400, t0]; the
+            # wall clock does once now - lag > t0 + gap (~5 s from now).
+            busy = BusyPartition(kafka_bootstrap, clicks, bob)
+            try:
+                [r] = wait_until(lambda: alices(closed), 60, "alice's session-closed record without further input",
+                                 procs.logs)
+            finally:
+                busy.close()
+            assert busy.sent > 50, busy.sent  # the other partition was busy all along
             assert (r["entity"], r["session_start"], r["session_end"], r["gap_ms"]) == ("alice", t0 - 400, t0, GAP_MS)
             assert r["closed_by"] == "wall_clock" and r["guarantee"] == "exactly_once"
             assert r["closed_ts"] > t0 + GAP_MS + LAG_MS  # not before the wall clock passed end + gap + lag
@@ -124,19 +163,20 @@ def test_a_stopped_partitions_last_session_closes_by_the_wall_clock_once_across_
             assert h["reason"] == "late" and "wall clock" in h["error"], h
             t1 = int(time.time() * 1000)  # the engine is live again: a new event is on time
             produce_all(kafka_bootstrap, clicks, [click("a5", "alice", t1, 2.0)])
-            wait_until(lambda: c.total() == 5, 60, "the restarted engine committed the new events", procs.logs)
+            wait_until(lambda: c.per_partition()[pa] == 5, 60, "the restarted engine committed the new events",
+                       procs.logs)
             def score_of(eid: str) -> list[dict[str, Any]]:
                 return [v for m in scored.poll() if (v := orjson.loads(m.value()))["event_id"] == eid]
 
             [s] = wait_until(lambda: score_of("a5"), 60, "a5's score", procs.logs)
             assert s["features"]["events_s2"] == 1.0 and not score_of("a4")  # a new session; a4 not scored
-            records = wait_until(lambda: len(closed.values()) == 2 and closed.values(), 60,
+            records = wait_until(lambda: len(alices(closed)) == 2 and alices(closed), 60,
                                  "the new session's session-closed record", procs.logs)
             second.terminate()
         assert [(x["session_start"], x["session_end"], x["closed_by"]) for x in records] == [
             (t0 - 400, t0, "wall_clock"), (t1, t1, "wall_clock")]  # each session once
         assert records[1]["features"]["events_s2"] == 1.0 and records[1]["features"]["spend_s2"] == 2.0
-        assert len(dead.poll()) == 1 and len(scored.poll()) == 4
+        assert len(dead.poll()) == 1 and len(alices(scored)) == 4  # the busy partition's events are all on time
     finally:
         for t in (closed, scored, dead):
             t.close()
