@@ -3,7 +3,8 @@
 Changelog partition *p* mirrors the store of input partition *p*. Per micro-batch the engine
 writes one record per touched entity (key = entity, value = ``b"<applied>|" + state``, or a
 tombstone when the record expired) and then one metadata record (key ``\\x00meta``, value
-``b"<max_ts>:<applied>"``: the partition clock and the next input offset the state reflects).
+``b"<clock>:<applied>"``: the encoded partition clock, `PartitionClock.encode`, and the next input
+offset the state reflects).
 ``applied`` tags every record with its batch.
 
 Restore applies an entity record only once a meta record with a tag >= its own has been read:

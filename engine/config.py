@@ -214,12 +214,24 @@ class SessionsConfig:
         closed_topic: topic for one "session closed" record per closed session (scored by the
             serving model, in the batch's transaction); None (the default) reports nothing.
         idle_close_ms: wall-clock ms without input after which a partition's whole store is swept
-            for sessions the watermark has already closed; None disables it. Never closes a
-            session the watermark has not closed.
+            for sessions the watermark has already closed; None disables it.
+        idle_watermark: ``"event_time"`` (default): the idle sweep never closes a session the
+            event-time watermark has not closed. ``"wall_clock"``: once a partition has been idle
+            for `idle_close_ms`, its watermark is raised to wall-clock now - `wall_clock_lag_ms`
+            (never lowered), persisted with the state, and its store swept again every
+            `idle_close_ms` while the idleness lasts; events below the raised watermark are late.
+        wall_clock_lag_ms: how far event time may trail the wall clock (producer delay plus clock
+            skew); at least the spec's grace. None (the default): the grace.
     """
 
     closed_topic: str | None = None
     idle_close_ms: int | None = None
+    idle_watermark: str = "event_time"
+    wall_clock_lag_ms: int | None = None
+
+    def lag_ms(self, grace_ms: int) -> int:
+        """The wall-clock allowance in effect: `wall_clock_lag_ms`, or the grace."""
+        return grace_ms if self.wall_clock_lag_ms is None else self.wall_clock_lag_ms
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,16 @@ class EngineConfig:
             need(closed is not None, "sessions.idle_close_ms needs sessions.closed_topic")
             need(isinstance(idle, int) and not isinstance(idle, bool) and 100 <= idle <= 86_400_000,
                  f"sessions.idle_close_ms must be in [100, 86400000], got {idle!r}")
+        mode, lag = self.sessions.idle_watermark, self.sessions.wall_clock_lag_ms
+        need(mode in ("event_time", "wall_clock"),
+             f"sessions.idle_watermark must be event_time or wall_clock, got {mode!r}")
+        if mode == "wall_clock":
+            need(idle is not None, "sessions.idle_watermark: wall_clock needs sessions.idle_close_ms")
+        if lag is not None:
+            need(mode == "wall_clock", "sessions.wall_clock_lag_ms needs sessions.idle_watermark: wall_clock")
+            grace = self.features.grace_ms
+            need(isinstance(lag, int) and not isinstance(lag, bool) and grace <= lag <= 30 * 86_400_000,
+                 f"sessions.wall_clock_lag_ms must be in [features grace {grace}, 2592000000], got {lag!r}")
 
     def with_overrides(self, **overrides: Any) -> EngineConfig:
         """A copy with the non-None overrides applied (for CLI flags)."""

@@ -63,6 +63,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from engine.config import QueryConfig
 from engine.store import APPLIED_KEY, CLOCK_KEY, PartitionStore
+from features.executor import PartitionClock
 from features.partitioning import kafka_partition
 
 log = logging.getLogger("streamscore.query")
@@ -341,15 +342,14 @@ class QueryServer:
             return (404, {"error": "unknown_entity", "detail": "no score for this entity in its partition's store",
                           **where}, {}), partition
         rec, row = decode_serving(serving)
-        max_ts = int(clock) if clock else None
+        pclock = PartitionClock.decode(self.grace_ms, clock)
         score = {k: rec[k] for k in ("score", "model", "variant", "event_id", "event_ts", "scored_ts")}
         return (200, {
             **where,
             "feature_spec": self.feature_spec,
             "features": dict(zip(self.names, row)),
             "score": score,
-            "partition_clock": {"max_event_ts": max_ts,
-                                "watermark": None if max_ts is None else max_ts - self.grace_ms},
+            "partition_clock": {"max_event_ts": pclock.max_ts, "watermark": pclock.watermark},
             "applied_offset": int(applied) if applied is not None else None,
         }, {}), partition
 

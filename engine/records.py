@@ -103,10 +103,14 @@ def session_closed_records(
         {"schema_version": 1, "entity": str, "gap_ms": int, "session_start": int ms,
          "session_end": int ms, "score": float, "model": {"name", "version"},
          "variant": "champion"|"canary", "feature_spec": "fs-…", "guarantee": str,
-         "closed_ts": int ms (wall clock), "features": {name: float|null}}
+         "closed_ts": int ms (wall clock), "closed_by": "watermark"|"wall_clock",
+         "features": {name: float|null}}
 
     ``features`` is the row of the last event processed into the session (float32 values, as
     scored); ``score`` is the serving model's score of that row when the session closed.
+``closed_by`` says what closed it: the event-time watermark (the offline replay reports the same
+session once its log's watermark passes it), or the wall-clock floor of an idle partition
+(`sessions.idle_watermark: wall_clock`; docs/features.md, "Closed sessions").
     """
     out = []
     for s, score, model, variant in zip(closed, scores, models, variants):
@@ -122,6 +126,7 @@ def session_closed_records(
             "feature_spec": feature_spec,
             "guarantee": guarantee,
             "closed_ts": closed_ts,
+            "closed_by": s.closed_by,
             "features": {n: (None if math.isnan(v) else v) for n, v in zip(feature_names, s.vector().tolist())},
         }
         out.append({"key": s.entity.encode(), "value": orjson.dumps(rec)})

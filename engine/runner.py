@@ -149,6 +149,7 @@ class _Partition:
     last_input: float = field(default_factory=time.monotonic)  # wall clock (monotonic) of its last input
     idle_swept: bool = False  # swept whole since its last input (sessions.idle_close_ms)
     idle_after: str | None = None  # the idle sweep resumes after this key
+    idle_swept_at: float = 0.0  # wall clock (monotonic) its last whole idle sweep ended
 
     def reload_monitor(self) -> None:
         """The monitor state of the last committed batch (the store's copy)."""
@@ -309,12 +310,12 @@ class ScoringEngine:
                 self.metrics.last_loop = now
                 if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
                     self._publish_models()
-                if not msgs and self.cfg.sessions.idle_close_ms is not None:
-                    self._close_idle_partitions(now)
                 if msgs:
                     self._process(msgs)
                 if self._labels is not None:
                     self._process_labels()
+                if self.cfg.sessions.idle_close_ms is not None:  # after the batch: its partitions are not idle
+                    self._close_idle_partitions(now)
                 if self._partitions:
                     unassigned_since = None
                 elif unassigned_since is None:
@@ -569,7 +570,8 @@ class ScoringEngine:
                         states: dict[str, bytes | None]) -> None:
         """The sweep when closed sessions are reported: close the sessions of `records` that the
         watermark has passed (and delete dead records, as `expired_keys` would)."""
-        closed, changed = close_sessions(self._computer, records, part.clock.watermark)  # type: ignore[arg-type]
+        closed, changed = close_sessions(self._computer, records, part.clock.watermark,  # type: ignore[arg-type]
+                                         part.clock.event_watermark)
         self._counts.closed.extend(closed)
         self._counts.expired += sum(1 for raw in changed.values() if raw is None)
         states.update(changed)
@@ -583,21 +585,31 @@ class ScoringEngine:
         self._produce_batch(self._closed_topic, msgs, self._on_delivery)
 
     def _close_idle_partitions(self, now: float) -> None:
-        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long,
-        `IDLE_SWEEP_CHUNK` records per partition per loop turn until each is swept whole (once
-        per idle spell), reporting the sessions their watermark has already closed. Each turn
+        """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long
+        (also while other partitions are busy), `IDLE_SWEEP_CHUNK` records per partition per loop
+        turn until each is swept whole (once per idle spell), reporting the sessions their
+        watermark has already closed. Each turn
         that closes something is a transaction of its own: records, changelog, and the (unmoved)
-        input offsets, which fences it like a batch if the group has moved on."""
+        input offsets, which fences it like a batch if the group has moved on.
+
+        With `sessions.idle_watermark: wall_clock`, each whole sweep starts by raising the
+        partition's watermark to wall-clock now - lag (`_raise_floor`), and sweeps repeat every
+        `idle_close_ms` while the partition stays idle. The raised clock is written with the
+        sweep's state, changelog and records (so recovery restores it with the sessions it
+        closed); a raise that closed nothing is persisted by the next unit of work that writes."""
         idle_s = self.cfg.sessions.idle_close_ms / 1000.0  # type: ignore[operator]
+        wall = self.cfg.sessions.idle_watermark == "wall_clock"
         due = [(p, part) for p, part in self._partitions.items()
-               if not part.idle_swept and now - part.last_input >= idle_s and part.clock.watermark is not None
-               and part.applied is not None]
+               if now - part.last_input >= idle_s and part.clock.watermark is not None and part.applied is not None
+               and (not part.idle_swept or (wall and now - part.idle_swept_at >= idle_s))]
         if not due:
             return
         self._counts = _BatchCounts()
         writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
         cursors: list[tuple[_Partition, str | None]] = []
         for p, part in due:
+            if wall and part.idle_after is None:  # a whole sweep begins
+                self._raise_floor(part)
             states: dict[str, bytes | None] = {}
             records = part.store.scan(part.idle_after, IDLE_SWEEP_CHUNK)
             self._close_sessions(part, records, states)
@@ -616,6 +628,15 @@ class ScoringEngine:
             log.info("idle close: partitions %s, %d sessions closed", [p for p, *_ in writes], len(self._counts.closed))
         for part, after in cursors:
             part.idle_after, part.idle_swept = after, after is None
+            if after is None:
+                part.idle_swept_at = now
+
+    def _raise_floor(self, part: _Partition) -> None:
+        """`sessions.idle_watermark: wall_clock`: raise an idle partition's watermark to wall-clock
+        now - `wall_clock_lag_ms` (never lowering it). Sound when event time tracks the wall clock
+        within the lag: an event that arrives later with a smaller ts is late."""
+        lag = self.cfg.sessions.lag_ms(self.cfg.features.grace_ms)
+        part.clock.raise_floor(int(time.time() * 1000) - lag)
 
     def _commit_outputs(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]],
                         commits: list[TopicPartition], produce: Callable[[], None] | None = None,
@@ -746,7 +767,7 @@ class ScoringEngine:
             self._dead_letter(
                 sources[i], LATE,
                 f"event time {events[i]['ts']} ms is older than the partition watermark "
-                f"(max event time - grace {self.cfg.features.grace_ms} ms)",
+                + _watermark_origin(part.clock, events[i]["ts"]),
             )
         if result.scored:
             scored_events = [events[i] for i in result.scored]
@@ -944,6 +965,14 @@ class ScoringEngine:
                 f"{remaining} messages undelivered after 60 s; errors: {errors}. "
                 "Offsets were not committed; the batch will be redelivered on restart."
             )
+
+
+def _watermark_origin(clock: PartitionClock, ts: int) -> str:
+    """What made an event at `ts` late: the wall-clock floor (constant in a batch) if it is below
+    it, else the event-time watermark."""
+    if clock.floor is not None and ts < clock.floor:
+        return f"{clock.floor} ms, raised from the wall clock while the partition was idle (sessions.idle_watermark)"
+    return f"(max event time - grace {clock.grace_ms} ms)"
 
 
 def _abortable(exc: KafkaException) -> bool:

@@ -4,7 +4,8 @@ Each assigned input partition has its own RocksDB directory ``<state_dir>/<topic
 Entity records live under their UTF-8 key; engine metadata lives under keys starting with NUL,
 which no entity key can (keys are validated non-empty strings and NUL-prefixed ids are refused):
 
-    \\x00clock      the partition clock (max event time processed, ms, decimal)
+    \\x00clock      the partition clock (`PartitionClock.encode`: max event time processed, ms,
+                    decimal, then ``/<floor>`` if the wall clock raised its watermark)
     \\x00applied    the next input offset not yet applied to this store (decimal)
     \\x00changelog  the next changelog offset not yet reflected in this store (decimal)
 

@@ -4,7 +4,8 @@
 multi-got from RocksDB, the offline replay with states from a dict. It never does I/O itself.
 
 Lateness is per *partition* (the unit of ordering and of state): the watermark is the greatest
-event time processed in the partition minus the spec's grace. An event with ``ts < watermark``
+event time processed in the partition minus the spec's grace (raised to the clock's `floor` if the
+engine set one from the wall clock; offline never does). An event with ``ts < watermark``
 is late: it changes no state and gets no feature row; the caller dead-letters it. Everything
 happens in processing (offset) order, event by event, so the result does not depend on where
 batch boundaries fall.
@@ -16,6 +17,7 @@ so no row ever holds ±inf (docs/features.md, "Vectors").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,22 +36,51 @@ class PartitionClock:
 
     Attributes:
         max_ts: greatest event time (ms) processed so far, None before the first event.
+        floor: a lower bound on the watermark set from outside event time, or None (the offline
+            replay never sets one). The engine raises it from the wall clock for a partition
+            whose input stopped (`sessions.idle_watermark: wall_clock`, docs/features.md); it
+            only ever rises, and only makes more events late and more sessions closed.
     """
 
     grace_ms: int
     max_ts: int | None = None
+    floor: int | None = None
+
+    @property
+    def event_watermark(self) -> int | None:
+        """``max_ts - grace``: the watermark event time alone gives (None: nothing processed)."""
+        return None if self.max_ts is None else self.max_ts - self.grace_ms
 
     @property
     def watermark(self) -> int | None:
-        """Events with ts below this are late (None: nothing processed yet)."""
-        return None if self.max_ts is None else self.max_ts - self.grace_ms
+        """Events with ts below this are late (None: nothing processed yet): the event-time
+        watermark, raised to `floor` if that is higher."""
+        if self.max_ts is None:
+            return None
+        wm = self.max_ts - self.grace_ms
+        return wm if self.floor is None or self.floor < wm else self.floor
+
+    def raise_floor(self, floor: int) -> bool:
+        """Raise the watermark to at least `floor` (needs an event processed first). True if the
+        watermark moved; a floor at or below the current watermark changes nothing."""
+        wm = self.watermark
+        if wm is None or floor <= wm:
+            return False
+        self.floor = floor
+        return True
 
     def encode(self) -> bytes:
-        return b"" if self.max_ts is None else str(self.max_ts).encode()
+        """``b""`` before the first event, ``b"<max_ts>"``, or ``b"<max_ts>/<floor>"``."""
+        if self.max_ts is None:
+            return b""
+        return str(self.max_ts).encode() if self.floor is None else f"{self.max_ts}/{self.floor}".encode()
 
     @classmethod
     def decode(cls, grace_ms: int, raw: bytes | None) -> PartitionClock:
-        return cls(grace_ms, int(raw) if raw else None)
+        if not raw:
+            return cls(grace_ms)
+        max_ts, _, floor = raw.partition(b"/")
+        return cls(grace_ms, int(max_ts), int(floor) if floor else None)
 
 
 @dataclass
@@ -92,9 +123,10 @@ def process_batch(
     late: list[int] = []
     grace = clock.grace_ms
     max_ts = clock.max_ts
+    floor = clock.floor if clock.floor is not None else -math.inf
     for i, event in enumerate(events):
         ts = event["ts"]
-        if max_ts is not None and ts < max_ts - grace:
+        if ts < floor or (max_ts is not None and ts < max_ts - grace):
             late.append(i)
             continue
         if max_ts is None or ts > max_ts:
@@ -109,13 +141,13 @@ def process_batch(
         scored.append(i)
     clock.max_ts = max_ts
     out: dict[str, bytes | None] = {}
-    watermark = clock.watermark
+    watermark, event_watermark = clock.watermark, clock.event_watermark
     closed: list[ClosedSession] = []
     found: list[tuple[int, list[Any]]] = []
     for key, state in live.items():
         dead = watermark is not None and computer.prune(state, watermark, found)
         if found:
-            closed.extend(reports(computer, key, found))
+            closed.extend(reports(computer, key, found, event_watermark))
             found.clear()
         out[key] = None if dead else computer.encode(state)
     return BatchResult(float32_rows(rows, computer.width), scored, late, out, closed)

@@ -37,6 +37,9 @@ class ClosedSession:
         window: the session window (its gap) the session belongs to.
         start, end: least and greatest event time in the session, epoch ms.
         row: feature row of the last event processed into the session (None = NaN, as stored).
+        closed_by: ``"watermark"`` if the event-time watermark closed it (``end + gap <
+            max_ts - grace``), ``"wall_clock"`` if only the clock's wall-clock floor did
+            (`features.executor.PartitionClock.floor`; the engine's `sessions.idle_watermark`).
     """
 
     entity: str
@@ -44,6 +47,7 @@ class ClosedSession:
     start: int
     end: int
     row: tuple[float | None, ...]
+    closed_by: str = "watermark"
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -56,22 +60,31 @@ class ClosedSession:
         return np.array([np.nan if v is None else v for v in self.row], dtype=np.float32)
 
 
-def reports(computer: FeatureComputer, entity: str, closed: Iterable[tuple[int, list[Any]]]) -> list[ClosedSession]:
-    """`ClosedSession`s from what `FeatureComputer.prune` appended to its `closed` list."""
+def reports(computer: FeatureComputer, entity: str, closed: Iterable[tuple[int, list[Any]]],
+            event_watermark: int | None = None) -> list[ClosedSession]:
+    """`ClosedSession`s from what `FeatureComputer.prune` appended to its `closed` list; those
+    the `event_watermark` (``max_ts - grace``; None: the pruning watermark itself) would not
+    have closed are marked ``closed_by="wall_clock"``."""
     windows = computer.spec.windows
-    return [ClosedSession(entity, windows[wi], s[SESSION_START], s[SESSION_END], tuple(s[SESSION_ROW]))
-            for wi, s in closed]
+    out = []
+    for wi, s in closed:
+        window, end = windows[wi], s[SESSION_END]
+        by = "wall_clock" if event_watermark is not None and end + window.size_ms >= event_watermark else "watermark"
+        out.append(ClosedSession(entity, window, s[SESSION_START], end, tuple(s[SESSION_ROW]), by))
+    return out
 
 
 def close_sessions(
-    computer: FeatureComputer, records: Iterable[tuple[str, bytes]], watermark: int
+    computer: FeatureComputer, records: Iterable[tuple[str, bytes]], watermark: int,
+    event_watermark: int | None = None,
 ) -> tuple[list[ClosedSession], dict[str, bytes | None]]:
     """Close the sessions of stored `records` (key, encoded state) that the watermark has passed.
 
     Returns the closed sessions and the records that changed: new encoding, or None for a record
     that is now dead (which `features.executor.expired_keys` would have deleted too). Records with
     nothing to close and not dead are left out (their stored form stays valid). Subsumes
-    `expired_keys` for the same records, at the cost of decoding each one.
+    `expired_keys` for the same records, at the cost of decoding each one. `event_watermark`:
+    as in `reports` (pass it when `watermark` includes a wall-clock floor).
     """
     closed: list[ClosedSession] = []
     changed: dict[str, bytes | None] = {}
@@ -80,7 +93,7 @@ def close_sessions(
         state = computer.decode(raw)
         dead = computer.prune(state, watermark, found)
         if found:
-            closed.extend(reports(computer, key, found))
+            closed.extend(reports(computer, key, found, event_watermark))
             found.clear()
             changed[key] = None if dead else computer.encode(state)
         elif dead:

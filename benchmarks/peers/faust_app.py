@@ -5,13 +5,16 @@
 Idiomatic Faust per its docs: a ``Record`` for the click, windowed ``Table``s on the RocksDB store
 (``store="rocksdb://"``; faust-streaming opens it through rocksdict when that is installed, as it
 is here) made relative to the event-time field, one non-windowed table for per-user memory, one
-agent with ``concurrency=1`` (tables need one writer per partition), and the ONNX call moved off
-the event loop with ``loop.run_in_executor``. Processing guarantee: Faust's default,
-at-least-once (offsets committed every ``broker_commit_interval``, 2.8 s). One setting differs
-from Faust's defaults: ``producer_linger`` 5 ms (streamscore's ``linger.ms``); with the default 0
-every score and changelog record is its own produce request. Each event writes one record per
-window it falls in (12 for 1 h hopping by 5 min, 1 for the day, 7 for the week) plus one for the
-user, and each of those is a changelog record: that is how Faust's windowed tables work.
+agent with ``concurrency=1`` (tables need one writer per partition), and the one-row ONNX call
+made inline (tens of µs; a ``loop.run_in_executor`` round trip per event cost more than it
+saved). Processing guarantee: Faust's default, at-least-once (offsets committed every
+``broker_commit_interval``, 2.8 s). Settings that differ from Faust's defaults:
+``producer_linger`` 5 ms (streamscore's ``linger.ms``; with the default 0 every score and
+changelog record is its own produce request), and a ``Worker`` class without the terminal
+spinner, which would otherwise keep the root logger at DEBUG (see `Worker`). Each event writes one
+record per window it falls in (12 for 1 h hopping by 5 min, 1 for the day, 7 for the week) plus
+one for the user, and each of those is a changelog record: that is how Faust's windowed tables
+work, and it is what dominates this app's cost (benchmarks/README.md).
 
 Features it computes (32 of the default spec's 38 columns; the rest are NaN):
 * 1 h hopping by 5 min (one table, a dict of aggregates per window; the oldest window that holds
@@ -27,7 +30,7 @@ hopping) and distinct counts (sessions/products; a set per window would be neede
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import math
 import os
 from datetime import timedelta
@@ -40,6 +43,22 @@ from benchmarks.peers.common import Model, PeerConfig, event_features, score_rec
 
 cfg = PeerConfig.load(os.environ["BENCH_PEER_CONFIG"])
 
+
+class Worker(faust.Worker):
+    """Faust's worker without its terminal spinner.
+
+    With a log level of WARN or above (``-l warn``), Faust's worker hooks a progress spinner into
+    the root logger and sets the root logger's level to DEBUG for the process's lifetime, so that
+    every log call turns the spinner. Every ``log.debug`` in aiokafka's and Faust's per-record
+    produce path (three or more per changelog record) then builds a LogRecord and runs the
+    handlers, which drop it: ~14 % of the event loop at saturation (py-spy). Without the spinner,
+    the root logger keeps the level asked for.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        pass
+
+
 app = faust.App(
     cfg.app_id,
     broker=f"kafka://{cfg.bootstrap}",
@@ -50,6 +69,7 @@ app = faust.App(
     web_enabled=False,
     consumer_auto_offset_reset="earliest",
     producer_linger=0.005,  # as streamscore's linger.ms=5; Faust's default 0 sends a request per record
+    Worker=Worker,
 )
 
 
@@ -147,10 +167,10 @@ def features(c: Click) -> dict[str, float]:
 
 @app.agent(clicks, concurrency=1)
 async def score(stream: faust.StreamT[Click]) -> None:
-    loop = asyncio.get_running_loop()
     async for click in stream:
-        x = model.row(features(click))
-        p: np.ndarray = await loop.run_in_executor(None, model.score, x)
+        # One ONNX row takes tens of µs: calling it inline blocks the loop less than a thread
+        # pool round trip per event (submit, wake-up, future callback) costs.
+        p: np.ndarray = model.score(model.row(features(click)))
         await scores.send(key=click.user_id, value=score_record(click.asdict(), p[0], "faust"))
 
 
