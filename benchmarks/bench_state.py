@@ -649,6 +649,20 @@ def bench_restore(bootstrap: str, run: dict[str, Any], root: Path, repeats: int)
             "partitions": per_part}
 
 
+def produce_all_of(prod: Any, topic: str, msgs: list[dict[str, Any]], partition: int) -> None:
+    """`produce_batch` of `msgs` to `partition`, re-queueing the ones a full local queue refused."""
+    while msgs:
+        try:
+            queued = prod.produce_batch(topic, msgs, partition=partition)
+        except BufferError:
+            queued = 0
+        if queued == len(msgs):
+            break
+        msgs = [{k: v for k, v in m.items() if k != "_error"} for m in msgs if "_error" in m]
+        prod.poll(0.1)
+    prod.poll(0)
+
+
 def bench_restore_synthetic(bootstrap: str, pool: list[bytes], k: int, root: Path, batch: int,
                             repeats: int) -> dict[str, Any]:
     """Restore of a changelog partition holding exactly one record per entity (a fully compacted
@@ -668,17 +682,7 @@ def bench_restore_synthetic(bootstrap: str, pool: list[bytes], k: int, root: Pat
     for s in range(0, k, batch):
         states = {f"u{i:07d}": pool[i % len(pool)] for i in range(s, min(k, s + batch))}
         nbytes += sum(len(v) for v in states.values())
-        msgs = changelog_messages(states, b"1770000000000", s + batch, 0)
-        while msgs:
-            try:
-                queued = prod.produce_batch(topic, msgs, partition=0)
-            except BufferError:
-                queued = 0
-            if queued == len(msgs):
-                break
-            msgs = [{kk: vv for kk, vv in m.items() if kk != "_error"} for m in msgs if "_error" in m]
-            prod.poll(0.1)
-        prod.poll(0)
+        produce_all_of(prod, topic, changelog_messages(states, b"1770000000000", s + batch, 0), 0)
     left = prod.flush(120)
     produce_s = pc() - t0
     if left:

@@ -13,7 +13,10 @@ scenario (standby off, then on; each with its own group, changelog and state dir
    /metrics); off, wait the same way for B's own restore only;
 4. A is killed with SIGKILL. Measured: kill -> B's assignment of A's partitions (failure
    detection: the session timeout), B's restore (records, seconds; from its log), and assignment ->
-   the first score of A's partitions visible to a read_committed consumer: the takeover time.
+   B's first committed batch on every one of A's partitions (the group's committed offsets move
+   only with a batch's transaction): the takeover time. Also kill -> the first score of A's
+   partitions visible to a read_committed consumer, which A's open transaction holds back until
+   the broker aborts it (`transaction_timeout_ms` after it began).
 
 Also: `engine.changelog.restore` of every partition of the changelog into a fresh store
 (records/s, CPU seconds), as in a takeover without standby.
@@ -45,7 +48,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.bench_features import machine_info
-from benchmarks.bench_state import DictStore, loadavg, rnd, run_feature_stage, say
+from benchmarks.bench_state import DictStore, loadavg, produce_all_of, rnd, run_feature_stage, say
 from engine.broker import free_port
 from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import RocksDBConfig
@@ -59,6 +62,9 @@ from features.synthetic import ClickstreamGenerator, GeneratorConfig
 HISTORY_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 POOL_START = datetime(2026, 2, 1, tzinfo=timezone.utc)
 SESSION_MS = 6_000  # the broker's minimum session timeout: failure detection takes this long
+# The dead owner's open transaction hides everything after it from read_committed readers until
+# the broker aborts it, this long after it began: it bounds "score visible", not the takeover.
+TRANSACTION_MS = 10_000
 META_EVERY = 500  # entities per synthetic changelog batch (one meta record each)
 
 pc = time.perf_counter
@@ -95,16 +101,7 @@ def produce_changelog(bootstrap: str, topic: str, partitions: int, entities: int
         msgs = changelog_messages(buckets[p], clock, 0, p)
         records += len(msgs)
         buckets[p] = {}
-        while msgs:
-            try:
-                queued = prod.produce_batch(topic, msgs, partition=p)
-            except BufferError:
-                queued = 0
-            if queued == len(msgs):
-                break
-            msgs = [{k: v for k, v in m.items() if k != "_error"} for m in msgs if "_error" in m]
-            prod.poll(0.1)
-        prod.poll(0)
+        produce_all_of(prod, topic, msgs, p)
 
     for i in range(entities):
         key = f"u{i:07d}"
@@ -197,6 +194,41 @@ def wait_for(cond: Any, timeout: float, what: str, engines: Sequence[Engine]) ->
         time.sleep(0.1)
 
 
+class CommitWatch:
+    """Polls the group's committed input offsets of some partitions (every 20 ms, in a thread):
+    when each first moved past where it stood at `start()`. In exactly-once mode an offset moves
+    only when a batch's transaction commits, so this is when the new owner's first batch of the
+    partition committed (its scores produced, its state changes in the changelog)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: set[int]) -> None:
+        self._c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        self._tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.moved: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _offsets(self) -> dict[int, int]:
+        return {tp.partition: tp.offset for tp in self._c.committed(self._tps, timeout=10)}
+
+    def start(self) -> None:
+        self._base = self._offsets()
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.moved) < len(self._tps):
+            now = self._offsets()
+            t = time.time()
+            for p, off in now.items():
+                if off > self._base[p] and p not in self.moved:
+                    self.moved[p] = t
+            self._stop.wait(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(15)
+        self._c.close()
+
+
 class ScoreWatch:
     """A read_committed reader of the scores topic: per partition, when (epoch s) each batch of
     score records became visible to this reader."""
@@ -247,7 +279,7 @@ def run_scenario(bootstrap: str, root: Path, args: argparse.Namespace, registry:
         say(f"    {out['restore_rate']['records_per_s']:,.0f} records/s, {out['restore_rate']['cpu_s']} CPU s")
     keys = {"bootstrap_servers": bootstrap, "group_id": group, "input_topic": clicks, "scores_topic": scores,
             "dlq_topic": dlq, "registry": str(registry), "model_name": "purchase",
-            "session_timeout_ms": SESSION_MS, "standby": {"replicas": 1 if standby else 0, "refresh_ms": 1000}}
+            "session_timeout_ms": SESSION_MS, "transaction_timeout_ms": TRANSACTION_MS, "standby": {"replicas": 1 if standby else 0, "refresh_ms": 1000}}
     # The live stream starts a minute after the restored partition clock: nothing in it is late.
     start = datetime.fromtimestamp(int(clock) / 1000 + 60, tz=timezone.utc)
     stream = make_payloads_at(int(args.rate * args.stream_s), 20_000, start, seed=11)
@@ -285,16 +317,20 @@ def run_scenario(bootstrap: str, root: Path, args: argparse.Namespace, registry:
         load = loadavg()
         killed_at = time.time()
         a.kill()
+        commits = CommitWatch(bootstrap, group, clicks, parts)
+        commits.start()  # a is dead: its last commit is the base
         def taken_over() -> list[dict[str, Any]]:
             return [x for x in b.assignments() if x["partition"] in parts and x["at"] > killed_at]
 
         # B scores a partition only once its restore is done (logged): a score visible after
         # that is B's (A died a session timeout earlier; the watch keeps up with the stream).
-        wait_for(lambda: {x["partition"] for x in taken_over()} == parts
+        wait_for(lambda: {x["partition"] for x in taken_over()} == parts and len(commits.moved) == len(parts)
                  and watch.first_after(parts, max(x["at"] for x in taken_over())), 120, "B to score A's partitions", [b])
+        commits.close()
         took = taken_over()
         restored_at = max(x["at"] for x in took)
         assigned_at = min(x["at"] - x["restore_s"] for x in took)
+        first_commit = max(commits.moved.values())  # every taken-over partition has a committed batch
         first_score = watch.first_after(parts, restored_at)
         assert first_score is not None
         out.update({
@@ -303,13 +339,15 @@ def run_scenario(bootstrap: str, root: Path, args: argparse.Namespace, registry:
             "restore_s": rnd(sum(x["restore_s"] for x in took), 3),
             "kill_to_assignment_s": rnd(assigned_at - killed_at, 2),
             "assignment_to_restored_s": rnd(restored_at - assigned_at, 2),
-            "assignment_to_first_score_s": rnd(first_score - assigned_at, 2),
-            "kill_to_first_score_s": rnd(first_score - killed_at, 2),
+            "assignment_to_first_commit_s": rnd(first_commit - assigned_at, 2),
+            "kill_to_first_commit_s": rnd(first_commit - killed_at, 2),
+            "kill_to_first_score_visible_s": rnd(first_score - killed_at, 2),
             "loadavg_at_kill": load,
         })
         say(f"  [{tag}] takeover: restored {out['restored_records']:,} records in {out['restore_s']} s; "
-            f"assignment -> first score {out['assignment_to_first_score_s']} s; "
-            f"kill -> first score {out['kill_to_first_score_s']} s")
+            f"assignment -> first committed batch {out['assignment_to_first_commit_s']} s; "
+            f"kill -> first committed batch {out['kill_to_first_commit_s']} s, "
+            f"-> first score visible {out['kill_to_first_score_visible_s']} s")
     finally:
         stop_stream.set()
         if producer is not None:
@@ -357,12 +395,15 @@ def bootstrap_servers(root: Path) -> Iterator[str]:
 
 def print_report(res: dict[str, Any]) -> None:
     print(f"\ntakeover at {res['entities']:,} entities on {res['partitions']} partitions "
-          f"(stream {res['rate']} events/s; session timeout {SESSION_MS} ms):")
-    print("| standby | restored records | restore s | assignment -> first score s | kill -> first score s |")
-    print("|---|---|---|---|---|")
+          f"(stream {res['rate']} events/s; session timeout {SESSION_MS} ms, transaction timeout "
+          f"{TRANSACTION_MS} ms):")
+    print("| standby | restored records | restore s | assignment -> first committed batch s "
+          "| kill -> first committed batch s | kill -> first score visible (read_committed) s |")
+    print("|---|---|---|---|---|---|")
     for s in res["scenarios"]:
         print(f"| {'on' if s['standby'] else 'off'} | {s['restored_records']:,} | {s['restore_s']} | "
-              f"{s['assignment_to_first_score_s']} | {s['kill_to_first_score_s']} |")
+              f"{s['assignment_to_first_commit_s']} | {s['kill_to_first_commit_s']} | "
+              f"{s['kill_to_first_score_visible_s']} |")
     rr = res["scenarios"][0].get("restore_rate")
     if rr:
         print(f"restore into fresh stores: {rr['records']:,} records, {rr['records_per_s']:,.0f} records/s, "

@@ -239,6 +239,7 @@ def changelog_reader_settings(bootstrap: str, group_id: str, client: Mapping[str
     for bulk reads: one partition's fetch may bring 32 MB (librdkafka's default is 1 MB, which
     caps a single-partition replay at about one fetch round trip per MB)."""
     return client_settings(bootstrap, client, defaults={
+        "auto.offset.reset": "earliest",  # an offset out of range (a recreated topic): replay it all
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 32 * 1024 * 1024,
         "queued.max.messages.kbytes": 128 * 1024,

@@ -23,7 +23,7 @@ from features.clickstream import clickstream_spec
 from features.partitioning import kafka_partition
 from tests.integration.conftest import PARTITIONS, TrainedModel, produce_all, read_all
 from tests.integration.engine_process import CommittedOffsets, EngineProcesses, wait_until
-from tests.integration.test_recovery import Log, Topics, _config, assert_outputs, make_log
+from tests.integration.test_recovery import Log, Topics, _config, assert_outputs, make_log, start_two
 
 pytestmark = pytest.mark.integration
 
@@ -59,12 +59,7 @@ def test_survivor_with_a_warm_standby_takes_over_replaying_only_the_tail(
     sizes = Counter(kafka_partition(key, PARTITIONS) for key, _ in log.payloads[:half])
     with EngineProcesses() as procs, CommittedOffsets(kafka_bootstrap, topics.group, topics.clicks,
                                                       PARTITIONS) as committed:
-        a = procs.start(a_cfg, "a")
-        wait_until(lambda: a.assigned_now(), 60, "a's first assignment", procs.logs)
-        b = procs.start(b_cfg, "b")
-        wait_until(lambda: a.assigned_now() and b.assigned_now() and
-                   a.assigned_now() | b.assigned_now() == set(range(PARTITIONS)), 60,
-                   "both processes to hold partitions", procs.logs)
+        a, b = start_two(procs, a_cfg, b_cfg)
         a_parts = a.assigned_now()
         produce_all(kafka_bootstrap, topics.clicks, log.payloads[:half])
         wait_until(lambda: committed.per_partition() == [sizes[p] for p in range(PARTITIONS)], 120,
