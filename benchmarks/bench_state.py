@@ -572,7 +572,7 @@ def timed_restore(bootstrap: str, topic: str, partition: int, store: PartitionSt
 
     calls: list[tuple[float, float, int]] = []
     writes: list[float] = []
-    base, orig_write = cl.Consumer, PartitionStore.__dict__["write"]
+    base, orig_write = cl.Consumer, PartitionStore.__dict__["write_raw"]
 
     class TimedConsumer(base):  # type: ignore[misc, valid-type]
         def consume(self, *a: Any, **kw: Any) -> Any:
@@ -587,13 +587,13 @@ def timed_restore(bootstrap: str, topic: str, partition: int, store: PartitionSt
         writes.append(pc() - t)
 
     cl.Consumer = TimedConsumer
-    PartitionStore.write = timed_write  # type: ignore[method-assign]
+    PartitionStore.write_raw = timed_write  # type: ignore[method-assign]
     t0 = pc()
     try:
         res = cl.restore(bootstrap, topic, partition, store)
     finally:
         cl.Consumer = base
-        PartitionStore.write = orig_write  # type: ignore[method-assign]
+        PartitionStore.write_raw = orig_write  # type: ignore[method-assign]
     total = pc() - t0
     in_consume = sum(d for _, d, _ in calls)
     setup = (calls[0][0] - t0) if calls else total
