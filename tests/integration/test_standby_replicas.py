@@ -2,7 +2,7 @@
 chosen partitions' stores current from their changelog, hands a store over on `release` (the
 directory opens at once and a restore replays nothing), leaves it alone while owned, and picks it
 up again from its changelog offset after `unown`. The choice of partitions is fixed here (the
-group-description path runs in test_standby.py)."""
+group-description path runs in test_standby_takeover.py)."""
 
 from __future__ import annotations
 
