@@ -27,9 +27,10 @@ loop calls `release(p)` before it opens partition p's store (on assignment) and 
 it closed it (on revocation). `release` waits for the thread to finish its current write and
 closes the standby's handle (flushing it) before it returns.
 
-Cost: the thread applies changelog records at the restore rate while it catches up (holding the
-GIL in slices of at most `FEED_BATCH` messages), then only the owners' changelog traffic, plus one
-group description per `refresh_ms`. Disk: one store per standby partition.
+Cost: the thread applies changelog records at the restore rate while it catches up (sharing the
+interpreter with the loop; a hand-over waits for at most one slice of `FEED_BATCH` messages), then
+only the owners' changelog traffic, plus one group description per `refresh_ms`. Disk: one store
+per standby partition.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from engine.store import PartitionStore
 
 log = logging.getLogger("streamscore.standby")
 
-FEED_BATCH = 2_000  # messages per consume(): bounds how long the thread holds the GIL at a time
+FEED_BATCH = 2_000  # messages per consume(): bounds how long `release` may wait for the lock
 POLL_S = 0.2  # longest consume() wait: how soon the thread notices stop() or a new choice
 
 
