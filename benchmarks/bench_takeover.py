@@ -240,8 +240,8 @@ class ScoreWatch:
 
 def run_scenario(bootstrap: str, root: Path, args: argparse.Namespace, registry: Path, pool: list[bytes],
                  clock: bytes, standby: bool) -> dict[str, Any]:
-    from engine.topics import TopicSpec, ensure_topics
     from engine.loadgen import produce
+    from engine.topics import TopicSpec, delete_topics, ensure_topics
 
     tag = f"{'standby' if standby else 'plain'}-{int(time.time())}"
     clicks, scores, dlq, group = f"clicks-{tag}", f"scores-{tag}", f"dlq-{tag}", f"takeover-{tag}"
@@ -337,6 +337,7 @@ def run_scenario(bootstrap: str, root: Path, args: argparse.Namespace, registry:
             e.kill(signal.SIGTERM if e.proc.poll() is None else signal.SIGKILL)
         watch.close()
         produced.close()
+        delete_topics(bootstrap, [clicks, scores, dlq, changelog])  # ~1 GB at 1M entities on a shared broker
     return out
 
 
