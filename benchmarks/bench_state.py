@@ -572,7 +572,7 @@ def timed_restore(bootstrap: str, topic: str, partition: int, store: PartitionSt
 
     calls: list[tuple[float, float, int]] = []
     writes: list[float] = []
-    base, orig_write = cl.Consumer, PartitionStore.__dict__["write"]
+    base, orig_write = cl.Consumer, PartitionStore.__dict__["write_raw"]
 
     class TimedConsumer(base):  # type: ignore[misc, valid-type]
         def consume(self, *a: Any, **kw: Any) -> Any:
@@ -587,13 +587,13 @@ def timed_restore(bootstrap: str, topic: str, partition: int, store: PartitionSt
         writes.append(pc() - t)
 
     cl.Consumer = TimedConsumer
-    PartitionStore.write = timed_write  # type: ignore[method-assign]
+    PartitionStore.write_raw = timed_write  # type: ignore[method-assign]
     t0 = pc()
     try:
         res = cl.restore(bootstrap, topic, partition, store)
     finally:
         cl.Consumer = base
-        PartitionStore.write = orig_write  # type: ignore[method-assign]
+        PartitionStore.write_raw = orig_write  # type: ignore[method-assign]
     total = pc() - t0
     in_consume = sum(d for _, d, _ in calls)
     setup = (calls[0][0] - t0) if calls else total
@@ -649,6 +649,20 @@ def bench_restore(bootstrap: str, run: dict[str, Any], root: Path, repeats: int)
             "partitions": per_part}
 
 
+def produce_all_of(prod: Any, topic: str, msgs: list[dict[str, Any]], partition: int) -> None:
+    """`produce_batch` of `msgs` to `partition`, re-queueing the ones a full local queue refused."""
+    while msgs:
+        try:
+            queued = prod.produce_batch(topic, msgs, partition=partition)
+        except BufferError:
+            queued = 0
+        if queued == len(msgs):
+            break
+        msgs = [{k: v for k, v in m.items() if k != "_error"} for m in msgs if "_error" in m]
+        prod.poll(0.1)
+    prod.poll(0)
+
+
 def bench_restore_synthetic(bootstrap: str, pool: list[bytes], k: int, root: Path, batch: int,
                             repeats: int) -> dict[str, Any]:
     """Restore of a changelog partition holding exactly one record per entity (a fully compacted
@@ -668,17 +682,7 @@ def bench_restore_synthetic(bootstrap: str, pool: list[bytes], k: int, root: Pat
     for s in range(0, k, batch):
         states = {f"u{i:07d}": pool[i % len(pool)] for i in range(s, min(k, s + batch))}
         nbytes += sum(len(v) for v in states.values())
-        msgs = changelog_messages(states, b"1770000000000", s + batch, 0)
-        while msgs:
-            try:
-                queued = prod.produce_batch(topic, msgs, partition=0)
-            except BufferError:
-                queued = 0
-            if queued == len(msgs):
-                break
-            msgs = [{kk: vv for kk, vv in m.items() if kk != "_error"} for m in msgs if "_error" in m]
-            prod.poll(0.1)
-        prod.poll(0)
+        produce_all_of(prod, topic, changelog_messages(states, b"1770000000000", s + batch, 0), 0)
     left = prod.flush(120)
     produce_s = pc() - t0
     if left:

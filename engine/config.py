@@ -207,6 +207,28 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class StandbyConfig:
+    """Warm standby replicas of partitions this process does not own (engine/standby.py).
+
+    Attributes:
+        replicas: standby replicas per input partition, on other members of the group (fewer if
+            the group is smaller); 0 (the default) keeps none. A value >= members - 1 makes every
+            process stand by for every partition it does not own.
+        refresh_ms: how often the group's members and assignments are read to choose them.
+    """
+
+    replicas: int = 0
+    refresh_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.replicas, int) and not isinstance(self.replicas, bool) and 0 <= self.replicas <= 64):
+            raise ConfigError(f"standby.replicas must be an integer in [0, 64], got {self.replicas!r}")
+        if not (isinstance(self.refresh_ms, int) and not isinstance(self.refresh_ms, bool)
+                and 100 <= self.refresh_ms <= 600_000):
+            raise ConfigError(f"standby.refresh_ms must be an integer in [100, 600000], got {self.refresh_ms!r}")
+
+
+@dataclass(frozen=True)
 class SessionsConfig:
     """Reporting of closed sessions (specs with session windows; docs/features.md).
 
@@ -263,6 +285,7 @@ class EngineConfig:
         shadow: also score every row with the `challenger` alias, if any (extra records with
             variant "challenger", never the answer).
         query: the queryable-state endpoint (`QueryConfig`; docs/query.md).
+        standby: warm standby replicas for fast takeovers (`StandbyConfig`; docs/operations.md).
         canary_share: fraction of entities (stable hash) answered by the `canary` alias, if any;
             0 disables the canary.
         expiry_scan_per_batch: most stored entity records a partition's micro-batch examines for
@@ -306,6 +329,7 @@ class EngineConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    standby: StandbyConfig = field(default_factory=StandbyConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
 
     def __post_init__(self) -> None:

@@ -47,6 +47,7 @@ from engine.records import dlq_headers, score_records
 from engine.serving import ModelRouter
 from engine.sessions import closed_session_messages
 from engine.stages import StageClock
+from engine.standby import StandbyReplicas
 from engine.store import PartitionStore
 from engine.topics import TopicSpec, cluster_metadata, ensure_topics
 from features.compute import FeatureComputer
@@ -209,7 +210,19 @@ class ScoringEngine:
         }))
         label_topic = cfg.monitor.label_topic if cfg.monitor.enabled else None
         self._labels = LabelTopicReader(bootstrap, label_topic, cfg.group_id, cfg.kafka) if label_topic else None
+        self._standby = StandbyReplicas(
+            cfg.standby, bootstrap=bootstrap, group_id=cfg.group_id, input_topic=cfg.input_topic,
+            changelog=self._changelog, state_root=self._state_root, rocksdb=cfg.rocksdb,
+            member_id=self._member_id, registry=self.metrics.registry, client=cfg.kafka,
+        ) if cfg.standby.replicas > 0 else None
         self._publish_models()
+
+    def _member_id(self) -> str | None:
+        """This process's member id in the group (None before it joined); for the standby thread."""
+        try:
+            return self._consumer.memberid()
+        except (KafkaException, RuntimeError):
+            return None
 
     def _transactional_id(self) -> str:
         # Stable per process identity: a restart of the same instance (same state directory)
@@ -304,6 +317,8 @@ class ScoringEngine:
         try:
             if self._query:
                 self._query.start()  # raises if the port is taken (then closes like any stop)
+            if self._standby:
+                self._standby.start()
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
                 now = time.monotonic()
@@ -406,6 +421,8 @@ class ScoringEngine:
             log.info("stopping (%s); consumed %d", reason, self.stats.consumed)
 
     def _close(self) -> None:
+        if self._standby:
+            self._standby.stop()  # before the revocations below hand partitions back to it
         try:
             self._producer.flush(30)
             self._consumer.close()  # revokes (closing stores) and leaves the group
@@ -422,6 +439,8 @@ class ScoringEngine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.restoring.update(tp.partition for tp in partitions)  # not ready until restored
         for tp in partitions:
+            if self._standby:
+                self._standby.release(tp.partition)  # its warm store: restore replays only the tail
             store = PartitionStore(self._state_root / f"{tp.topic}-{tp.partition}", self.cfg.rocksdb)
             result = restore(self.bootstrap, self._changelog, tp.partition, store,
                              on_progress=self._restore_progress(tp.partition), client=self.cfg.kafka)
@@ -469,6 +488,8 @@ class ScoringEngine:
             if part is not None:
                 part.store.close()
                 log.info("revoked %s[%d]", tp.topic, tp.partition)
+            if self._standby:
+                self._standby.unown(tp.partition)  # may stay warm as a standby
         self.metrics.assigned.set(len(self._partitions))
 
     # -- the batch ------------------------------------------------------------------------------

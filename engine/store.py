@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
 from engine.config import RocksDBConfig
 
@@ -36,6 +36,9 @@ _COMPRESSION = {
     "zstd": DBCompressionType.zstd(),
     "snappy": DBCompressionType.snappy(),
 }
+
+_NO_WAL = WriteOptions()
+_NO_WAL.disable_wal = True
 
 
 def rocksdb_options(cfg: RocksDBConfig) -> Options:
@@ -107,6 +110,29 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(CHANGELOG_KEY, str(changelog_offset).encode())
         self._db.write(wb)
+
+    def write_raw(self, states: Mapping[bytes, bytes | None], clock: bytes, applied: int,
+                  changelog_offset: int) -> None:
+        """Like `write`, with raw keys, for replaying the changelog (restore, standby): one atomic
+        WriteBatch without the write-ahead log. Until `flush`, a crash may lose such writes, but
+        only a suffix of them (one column family: RocksDB recovers a prefix of its writes), and
+        each batch carries the changelog offset it reflects, so the store stays consistent and
+        the replay resumes where it now stands. Call `flush` before the store is written through
+        `write` again (WAL writes after unflushed WAL-less ones could outlive them)."""
+        wb = WriteBatch(raw_mode=True)
+        for key, value in states.items():
+            if value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
+        wb.put(CLOCK_KEY, clock)
+        wb.put(APPLIED_KEY, str(applied).encode())
+        wb.put(CHANGELOG_KEY, str(changelog_offset).encode())
+        self._db.write(wb, _NO_WAL)
+
+    def flush(self) -> None:
+        """Persist the memtable (everything written so far, `write_raw` included) to disk."""
+        self._db.flush(True)
 
     def scan(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
         """Up to `limit` entity records (key, encoded state) in key order, starting after the key

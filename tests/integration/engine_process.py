@@ -33,7 +33,7 @@ import yaml
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from engine.config import EngineConfig, MonitorConfig, QueryConfig, RocksDBConfig, SessionsConfig
+from engine.config import EngineConfig, MonitorConfig, QueryConfig, RocksDBConfig, SessionsConfig, StandbyConfig
 from engine.retrain_config import RetrainConfig
 from engine.records import headers_dict
 from features.schema import EventSchema
@@ -52,7 +52,7 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, RetrainConfig):
         return value.to_mapping()
-    if isinstance(value, (RocksDBConfig, EventSchema, MonitorConfig, QueryConfig, SessionsConfig)):
+    if isinstance(value, (RocksDBConfig, EventSchema, MonitorConfig, QueryConfig, SessionsConfig, StandbyConfig)):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         return [_plain(v) for v in value]

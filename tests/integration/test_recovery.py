@@ -34,6 +34,7 @@ from features.synthetic import ClickstreamGenerator, GeneratorConfig
 from tests.integration.conftest import PARTITIONS, TrainedModel, produce_all, read_all
 from tests.integration.engine_process import (
     CommittedOffsets,
+    EngineProcess,
     EngineProcesses,
     dead_letters,
     engine_yaml,
@@ -185,6 +186,17 @@ def test_kill_9_repeatedly_exactly_once(kafka_bootstrap: str, topics: Topics, tr
     assert_outputs(kafka_bootstrap, topics, log)
 
 
+def start_two(procs: EngineProcesses, a_cfg: Path, b_cfg: Path) -> tuple[EngineProcess, EngineProcess]:
+    """Start a, then b once a holds partitions; return when they hold all partitions between them."""
+    a = procs.start(a_cfg, "a")
+    wait_until(lambda: a.assigned_now(), 60, "a's first assignment", procs.logs)
+    b = procs.start(b_cfg, "b")
+    wait_until(lambda: a.assigned_now() and b.assigned_now() and
+               a.assigned_now() | b.assigned_now() == set(range(PARTITIONS)), 60,
+               "both processes to hold partitions", procs.logs)
+    return a, b
+
+
 def test_survivor_takes_over_a_killed_member(kafka_bootstrap: str, topics: Topics, trained_model: TrainedModel,
                                              log: Log, tmp_path: Path) -> None:
     """Two processes in one group, each with its own disk. Kill one mid-stream: after the session
@@ -195,12 +207,7 @@ def test_survivor_takes_over_a_killed_member(kafka_bootstrap: str, topics: Topic
     b_cfg = _config(tmp_path, kafka_bootstrap, topics, trained_model, "b")
     with EngineProcesses() as procs, CommittedOffsets(kafka_bootstrap, topics.group, topics.clicks,
                                                       PARTITIONS) as committed:
-        a = procs.start(a_cfg, "a")
-        wait_until(lambda: a.assigned_now(), 60, "a's first assignment", procs.logs)
-        b = procs.start(b_cfg, "b")
-        wait_until(lambda: a.assigned_now() and b.assigned_now() and
-                   a.assigned_now() | b.assigned_now() == set(range(PARTITIONS)), 60,
-                   "both processes to hold partitions", procs.logs)
+        a, b = start_two(procs, a_cfg, b_cfg)
         a_parts, b_parts = a.assigned_now(), b.assigned_now()
         assert not a_parts & b_parts
         produce_all(kafka_bootstrap, topics.clicks, log.payloads)
