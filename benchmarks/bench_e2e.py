@@ -182,6 +182,19 @@ def restore_scenario(env: Env, events: int) -> dict[str, Any]:
     return out
 
 
+def parse_variant(text: str) -> tuple[tuple[str, Any], ...]:
+    """``"commit_pipeline=false,max_batch=500"`` -> (("commit_pipeline", False), ("max_batch", 500))."""
+    import yaml
+
+    pairs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--variant: expected KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    return tuple(pairs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_e2e", description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="every scenario (1 and 2 processes, 10-90 %% sweep, "
@@ -202,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-events", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configs)")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also run streamscore (both guarantees) with these engine config keys (YAML values), "
+                         "e.g. commit_pipeline=false,max_batch=500: an A/B in one run (repeatable)")
     args = ap.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     events = args.events or (2_000 if args.tiny else 200_000 if args.full else 100_000)
@@ -237,6 +253,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sat: dict[str, float] = {}
         targets = [Target("streamscore", "exactly_once"), Target("streamscore", "at_least_once")] \
             if "streamscore" in engines else []
+        if "streamscore" in engines:
+            for variant in args.variant:
+                config = parse_variant(variant)
+                targets += [Target("streamscore", "exactly_once", config=config),
+                            Target("streamscore", "at_least_once", config=config)]
         if args.full and "streamscore" in engines:
             targets += [Target("streamscore", "exactly_once", 2), Target("streamscore", "at_least_once", 2)]
         if "faust" in engines:
