@@ -155,10 +155,12 @@ def produce_all(producer: Producer, topic: str, records: list[dict[str, Any]], o
     while True:
         try:
             queued = producer.produce_batch(topic, records, on_delivery=on_delivery, **route)
-        except BufferError:
-            queued = 0
+        except BufferError:  # nothing was queued: retry them all
+            producer.poll(0.1)
+            continue
         if queued == len(records):
             return
+        # produce_batch marks each record it could not queue with "_error" (queue full).
         records = [r for r in records if "_error" in r]
         for r in records:
             r.pop("_error", None)

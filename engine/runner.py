@@ -567,7 +567,7 @@ class ScoringEngine:
         except KafkaException as exc:
             if not _abortable(exc):
                 raise
-            self._producer.abort_transaction(60)
+            self._abort_transaction()
             self._abort([batch], exc)
             self.stages.finish()
             return
@@ -616,7 +616,7 @@ class ScoringEngine:
                                      "committed; the batch will be redelivered on restart.") from exc
             if not isinstance(exc, KafkaException) or not _abortable(exc):
                 raise exc
-            self._producer.abort_transaction(60)
+            self._abort_transaction()
             if in_poll:
                 self._aborted_in_poll.append(batch)
                 self._abort([], exc)
@@ -733,7 +733,7 @@ class ScoringEngine:
             if not self._eos or not _abortable(exc):
                 raise
             log.warning("aborting idle-close transaction (%s); will retry", exc)
-            self._producer.abort_transaction(60)
+            self._abort_transaction()
             return False
         return True
 
@@ -791,6 +791,12 @@ class ScoringEngine:
                 if exc.args[0].retriable():
                     continue
                 raise
+
+    def _abort_transaction(self) -> None:
+        """Abort the open transaction. Its undelivered records are purged, and their delivery
+        errors ("purged") say nothing about the next transaction: forget them."""
+        self._producer.abort_transaction(60)
+        self._delivery_errors.clear()
 
     def _abort(self, batches: list[_Batch], exc: KafkaException) -> None:
         """After `abort_transaction`: rewind `batches` (oldest first) to the last committed state.
