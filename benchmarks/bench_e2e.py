@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--loads", default=None, help="shares of saturation for the sweep (default 0.25,0.5,0.75; "
                                                    "full 0.1,0.3,0.5,0.7,0.9)")
     ap.add_argument("--entities", default="100000,1000000,10000000", help="state-size scaling (--full)")
+    ap.add_argument("--processes", default=None, help="streamscore process counts at saturation (default 1; full 1,2), "
+                                                       "e.g. 1,2 for the scale-out ratio without the rest of --full")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--users", type=int, default=5_000)
     ap.add_argument("--seed", type=int, default=7)
@@ -258,8 +260,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 config = parse_variant(variant)
                 targets += [Target("streamscore", "exactly_once", config=config),
                             Target("streamscore", "at_least_once", config=config)]
-        if args.full and "streamscore" in engines:
-            targets += [Target("streamscore", "exactly_once", 2), Target("streamscore", "at_least_once", 2)]
+        processes = [int(x) for x in (args.processes or ("1,2" if args.full else "1")).split(",")]
+        if "streamscore" in engines:
+            for n in processes:
+                if n > 1:
+                    targets += [Target("streamscore", "exactly_once", n), Target("streamscore", "at_least_once", n)]
         if "faust" in engines:
             targets.append(Target("faust", "at_least_once"))
         if "quix" in engines:

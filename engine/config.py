@@ -220,9 +220,10 @@ class EngineConfig:
         batch_wait_ms: the batch window: a micro-batch is cut when `max_batch` messages are there
             or this long after the previous batch was cut, whichever comes first (the time the
             previous batch took to compute and commit counts; latency bound under light load).
-        commit_pipeline: exactly_once: commit each batch's transaction on a background thread
-            while the next batch is consumed and computed (it reads the committing batch's state
-            from memory, and is discarded with it if that commit aborts). False commits each
+        commit_pipeline: commit each batch on a background thread (exactly_once: its
+            transaction; at_least_once: waiting for its outputs' and changelog's delivery) while
+            the next batch is consumed and computed (it reads the committing batch's state from
+            memory, and is discarded with it if that transaction aborts). False commits each
             batch before the next one starts.
         guarantee: ``exactly_once`` (one Kafka transaction per batch) or ``at_least_once`` (lower
             latency; output may repeat after a crash). See docs/architecture.md.

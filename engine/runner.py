@@ -2,13 +2,18 @@
 
 One process runs one `ScoringEngine`, a member of the consumer group `group_id`. Per micro-batch:
 
-1. ``consume`` up to `max_batch` messages, waiting at most `batch_wait_ms` for them;
+1. ``consume`` up to `max_batch` messages, waiting at most until `batch_wait_ms` after the
+   previous batch was cut (the batch window: compute and commit time count towards it);
 2. per partition: decode + validate (bad → DLQ), one RocksDB multi-get for the batch's entities,
    `features.executor.process_batch` (late → DLQ), one ONNX call per serving model;
 3. produce score records, DLQ records and the partition's state changelog records;
 4. ``exactly_once``: one Kafka transaction holds the batch's outputs, changelog records and
-   consumed offsets, committed atomically. ``at_least_once``: wait for the outputs' delivery,
-   then for the changelog's, then commit offsets after step 5;
+   consumed offsets, committed atomically. With `commit_pipeline` (the default) the commit runs
+   on a background thread while steps 1-2 of the next batch run, reading this batch's states
+   from memory (`engine.inflight`); the next batch's outputs wait for its own transaction, which
+   begins once this one committed. If this commit aborts, the next batch is discarded too and
+   both rewind. ``at_least_once``: wait for the outputs' delivery, then for the changelog's
+   (pipelined the same way), then commit offsets after step 5;
 5. write each partition's new states, clock, applied offset and changelog position in one
    RocksDB WriteBatch (after the transaction committed, so the store never runs ahead of Kafka).
 
@@ -548,52 +553,50 @@ class ScoringEngine:
             batch.commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
         self._report_closed()
         self.stages.skip()
-        if self._eos:
-            self._commit_eos(batch)
-        else:
-            self._commit_alo(batch)
+        self._commit(batch)
 
-    def _commit_eos(self, batch: _Batch) -> None:
-        """Wait for the previous batch's commit (if it fails, this batch is discarded with it),
-        then open this batch's transaction, produce its outputs and changelog and hand the
-        commit (offsets + commit_transaction) to the committer."""
+    def _commit(self, batch: _Batch) -> None:
+        """Wait for the previous batch's commit (exactly_once: if it aborts, this batch is
+        discarded with it), then produce this batch's outputs and hand its commit to the
+        committer thread: exactly_once, the changelog joins the transaction and the thread sends
+        the offsets and commits it; at_least_once, the thread waits for the outputs' delivery,
+        then produces the changelog and waits for it (`_settle` writes the stores, then commits
+        the offsets). The next batch computes meanwhile (`commit_pipeline`)."""
         if not self._settle(also_discard=batch):
             self.stages.finish()
             return
-        self._producer.begin_transaction()
-        try:
+        if self._eos:
+            self._producer.begin_transaction()
+            try:
+                batch.outbox.send(self._producer)
+                self._produce_changelog(batch.writes)
+            except KafkaException as exc:
+                if not _abortable(exc):
+                    raise
+                self._abort_transaction()
+                self._abort([batch], exc)
+                self.stages.finish()
+                return
+            group = self._consumer.consumer_group_metadata()
+            commit: Callable[[], None] = lambda: self._commit_transaction(batch.commits, group)  # noqa: E731
+        else:
             batch.outbox.send(self._producer)
-            self._produce_changelog(batch.writes)
-        except KafkaException as exc:
-            if not _abortable(exc):
-                raise
-            self._abort_transaction()
-            self._abort([batch], exc)
-            self.stages.finish()
-            return
+            commit = lambda: self._deliver(batch.writes)  # noqa: E731
         for _, part, states, _, _ in batch.writes:
             part.pending = PendingView(part.store, states)
         self.stages.lap("produce")
-        group = self._consumer.consumer_group_metadata()
         self._inflight = batch
-        self._committer.submit(lambda: self._commit_transaction(batch.commits, group))
+        self._committer.submit(commit)
         if not self.cfg.commit_pipeline:
             self._settle()
         self.stages.finish()
 
-    def _commit_alo(self, batch: _Batch) -> None:
-        """Outputs delivered, then the changelog, then the stores written, then offsets committed."""
-        batch.outbox.send(self._producer)
-        self._await_deliveries()  # outputs first: the changelog must never run ahead of them
-        self._produce_changelog(batch.writes)
+    def _deliver(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
+        """at_least_once, on the committer thread: the batch's outputs are acknowledged, then its
+        changelog (which must never run ahead of the outputs)."""
         self._await_deliveries()
-        self.stages.lap("commit")
-        self._write_stores(batch)
-        if batch.commits:
-            self._consumer.commit(offsets=batch.commits, asynchronous=False)
-            self.stages.lap("commit")
-        self.stages.finish()
-        self._account(batch)
+        self._produce_changelog(writes)
+        self._await_deliveries()
 
     def _settle(self, also_discard: _Batch | None = None, in_poll: bool = False) -> bool:
         """Wait for the batch in flight's commit. Committed: write its stores and count it; True.
@@ -610,6 +613,8 @@ class ScoringEngine:
         for _, part, *_ in batch.writes:
             part.pending = None
         if exc is not None:
+            if not self._eos:
+                raise exc
             if self._delivery_errors:
                 errors, self._delivery_errors = self._delivery_errors[:5], []
                 raise DeliveryFailed(f"outputs of the batch were not delivered: {errors}. Offsets were not "
@@ -624,6 +629,9 @@ class ScoringEngine:
                 self._abort([batch] if also_discard is None else [batch, also_discard], exc)
             return False
         self._write_stores(batch)
+        if batch.commits and not self._eos:
+            self._consumer.commit(offsets=batch.commits, asynchronous=False)
+            self.stages.lap("commit")
         self._account(batch)
         return True
 
