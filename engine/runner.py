@@ -630,10 +630,25 @@ class ScoringEngine:
             return False
         self._write_stores(batch)
         if batch.commits and not self._eos:
-            self._consumer.commit(offsets=batch.commits, asynchronous=False)
+            self._commit_offsets(batch.commits)
             self.stages.lap("commit")
         self._account(batch)
         return True
+
+    def _commit_offsets(self, commits: list[TopicPartition]) -> None:
+        """at_least_once: commit the batch's offsets. A commit the group refuses because it is
+        rebalancing (or moved on to a newer generation) is not fatal: the batch's outputs and
+        changelog were delivered and its stores written with the applied offset, so whoever
+        consumes these partitions next (this process or another, restoring the changelog) skips
+        the batch's messages instead of applying them twice."""
+        try:
+            self._consumer.commit(offsets=commits, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in _REBALANCE_REFUSALS:
+                raise
+            log.warning("offset commit refused during a rebalance (%s); the next owner skips the applied "
+                        "messages", err.str())
 
     def _write_stores(self, batch: _Batch) -> None:
         for partition, part, states, clock, next_offset in batch.writes:
@@ -962,6 +977,11 @@ class ScoringEngine:
                 f"{remaining} messages undelivered after 60 s; errors: {errors}. "
                 "Offsets were not committed; the batch will be redelivered on restart."
             )
+
+
+# Offset commit errors of a member whose group is rebalancing or has moved on without it.
+_REBALANCE_REFUSALS = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+                                 KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID})
 
 
 def _abortable(exc: KafkaException) -> bool:

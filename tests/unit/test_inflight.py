@@ -1,18 +1,22 @@
 """The batch in flight (engine.inflight): reads through pending states equal reads after writing
-them, against a real RocksDB store; the outbox produces in order; the committer reports."""
+them, against a real RocksDB store; the outbox produces in order; the committer reports; an
+at-least-once offset commit that a rebalance refuses is not fatal."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import strategies as st
 
 from engine.config import RocksDBConfig
 from engine.inflight import Committer, Outbox, PendingView, merge_scan
+from engine.runner import ScoringEngine
 from engine.store import PartitionStore
 
 # Entity keys, and NUL-prefixed keys like the monitors' label records and serving records.
@@ -127,3 +131,26 @@ def test_committer_runs_one_commit_at_a_time_and_reports_its_error() -> None:
         assert isinstance(error, ValueError) and "broker said no" in str(error)
     finally:
         committer.close()
+
+
+class _RefusingConsumer:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def commit(self, offsets: Any, asynchronous: bool) -> None:
+        raise KafkaException(KafkaError(self.code, "refused"))
+
+
+@pytest.mark.parametrize("code", [KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+                                  KafkaError.UNKNOWN_MEMBER_ID])
+def test_at_least_once_offset_commit_refused_by_a_rebalance_is_not_fatal(code: int,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    engine = SimpleNamespace(_consumer=_RefusingConsumer(code))
+    ScoringEngine._commit_offsets(engine, [TopicPartition("clicks", 0, 10)])  # type: ignore[arg-type]
+    assert "offset commit refused during a rebalance" in caplog.text
+
+
+def test_at_least_once_offset_commit_other_errors_propagate() -> None:
+    engine = SimpleNamespace(_consumer=_RefusingConsumer(KafkaError._TRANSPORT))
+    with pytest.raises(KafkaException):
+        ScoringEngine._commit_offsets(engine, [TopicPartition("clicks", 0, 10)])  # type: ignore[arg-type]
