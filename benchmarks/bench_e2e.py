@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=None, help="length of each latency-vs-load run (default 10; full 30)")
     ap.add_argument("--loads", default=None, help="shares of saturation for the sweep (default 0.25,0.5,0.75; "
                                                    "full 0.1,0.3,0.5,0.7,0.9)")
+    ap.add_argument("--rates", default=None, help="also run streamscore at these absolute rates (events/s, comma "
+                                                   "list): variants compared at the same offered load")
     ap.add_argument("--entities", default="100000,1000000,10000000", help="state-size scaling (--full)")
     ap.add_argument("--processes", default=None, help="streamscore process counts at saturation (default 1; full 1,2), "
                                                        "e.g. 1,2 for the scale-out ratio without the rest of --full")
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     max_drain = args.max_drain or (10.0 if args.tiny else 120.0 if args.full else 20.0)
     loads = [float(x) for x in (args.loads or ("0.5" if args.tiny else "0.1,0.3,0.5,0.7,0.9" if args.full
                                                else "0.25,0.5,0.75")).split(",")]
+    rates = [float(x) for x in args.rates.split(",") if x.strip()] if args.rates else []
     t_all = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="streamscore-e2e-"))
     broker = None
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for share in levels:
                 rate = sat[t.label] * share
                 _run(env, runs, t, "rate", max(int(rate * seconds), 100), rate=rate, scenario=f"load {share:g}")
+            for rate in rates if t.engine == "streamscore" else []:
+                _run(env, runs, t, "rate", max(int(rate * seconds), 100), rate=rate, scenario=f"rate {rate:g}/s")
         if args.full and "streamscore" in engines:
             for n in (int(x) for x in args.entities.split(",")):
                 env.users = n
