@@ -144,7 +144,7 @@ class _BatchCounts:
 @dataclass
 class _Batch:
     """A computed micro-batch: its input, what it changes and what it produces. Lives from
-    `_process` until its transaction committed (`_settle`) or aborted (`_abort`)."""
+    `_process` until it is committed (`_settle`) or aborted (`_abort`)."""
 
     msgs: list[Message]
     by_partition: dict[int, list[Message]]
@@ -204,8 +204,8 @@ class ScoringEngine:
         self._changelog_next: dict[int, int] = {}
         self._counts = _BatchCounts()  # of the batch being computed
         self._outbox = Outbox()  # its outputs, produced once its transaction began
-        self._committer = Committer()  # exactly_once: the background transaction commit
-        self._inflight: _Batch | None = None  # the batch whose transaction is committing
+        self._committer = Committer()  # the background commit (transaction, or deliveries)
+        self._inflight: _Batch | None = None  # the batch being committed
         self._aborted_in_poll: list[_Batch] = []  # aborted while draining in a rebalance callback
         self._refused_seen = 0
         self._lag_labels: set[str] = set()
@@ -497,8 +497,8 @@ class ScoringEngine:
         return progress
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Callbacks run inside consume(), between batches; only a batch's transaction commit can
-        # be in flight (commit_pipeline). Finish it first: its offsets must be committed (or
+        # Callbacks run inside consume(), between batches; only a batch's commit can be in
+        # flight (commit_pipeline). Finish it first: its offsets must be committed (or
         # aborted) before the partitions move, and its stores written before they close.
         self._settle(in_poll=True)
         for tp in partitions:
@@ -517,9 +517,8 @@ class ScoringEngine:
     # -- the batch ------------------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
-        """Compute the batch, then commit it: exactly_once hands the transaction commit to the
-        `Committer` and returns (the next batch computes while it commits; `_settle` finishes
-        it), at_least_once delivers and commits before returning."""
+        """Compute the batch, then hand its commit to the `Committer` (`_commit`) and return:
+        the next batch computes while it commits, and `_settle` finishes it."""
         t0 = time.perf_counter()
         self.stages.start()
         by_partition: dict[int, list[Message]] = defaultdict(list)
@@ -599,11 +598,12 @@ class ScoringEngine:
         self._await_deliveries()
 
     def _settle(self, also_discard: _Batch | None = None, in_poll: bool = False) -> bool:
-        """Wait for the batch in flight's commit. Committed: write its stores and count it; True.
-        Aborted (an abortable error): rewind it, and `also_discard` (the batch computed on top of
-        it, nothing of which was produced), to the last committed state; False. `in_poll` (inside
-        a rebalance callback): the rewind's seeks wait until consume() returned
-        (`_rewind_after_poll`). True when nothing was in flight."""
+        """Wait for the batch in flight's commit. Committed: write its stores (at_least_once: then
+        commit its offsets) and count it; True. exactly_once, aborted (an abortable error): rewind
+        it, and `also_discard` (the batch computed on top of it, nothing of which was produced),
+        to the last committed state; False. `in_poll` (inside a rebalance callback): the rewind's
+        seeks wait until consume() returned (`_rewind_after_poll`). True when nothing was in
+        flight. Any other error of the commit (at_least_once: any error) is raised."""
         batch = self._inflight
         if batch is None:
             return True
