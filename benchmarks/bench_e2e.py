@@ -182,6 +182,19 @@ def restore_scenario(env: Env, events: int) -> dict[str, Any]:
     return out
 
 
+def parse_variant(text: str) -> tuple[tuple[str, Any], ...]:
+    """``"commit_pipeline=false,max_batch=500"`` -> (("commit_pipeline", False), ("max_batch", 500))."""
+    import yaml
+
+    pairs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--variant: expected KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    return tuple(pairs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_e2e", description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="every scenario (1 and 2 processes, 10-90 %% sweep, "
@@ -194,7 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=None, help="length of each latency-vs-load run (default 10; full 30)")
     ap.add_argument("--loads", default=None, help="shares of saturation for the sweep (default 0.25,0.5,0.75; "
                                                    "full 0.1,0.3,0.5,0.7,0.9)")
+    ap.add_argument("--rates", default=None, help="also run streamscore at these absolute rates (events/s, comma "
+                                                   "list): variants compared at the same offered load")
     ap.add_argument("--entities", default="100000,1000000,10000000", help="state-size scaling (--full)")
+    ap.add_argument("--processes", default=None, help="streamscore process counts at saturation (default 1; full 1,2), "
+                                                       "e.g. 1,2 for the scale-out ratio without the rest of --full")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--users", type=int, default=5_000)
     ap.add_argument("--seed", type=int, default=7)
@@ -202,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-events", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configs)")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also run streamscore (both guarantees) with these engine config keys (YAML values), "
+                         "e.g. commit_pipeline=false,max_batch=500: an A/B in one run (repeatable)")
     args = ap.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     events = args.events or (2_000 if args.tiny else 200_000 if args.full else 100_000)
@@ -209,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     max_drain = args.max_drain or (10.0 if args.tiny else 120.0 if args.full else 20.0)
     loads = [float(x) for x in (args.loads or ("0.5" if args.tiny else "0.1,0.3,0.5,0.7,0.9" if args.full
                                                else "0.25,0.5,0.75")).split(",")]
+    rates = [float(x) for x in args.rates.split(",") if x.strip()] if args.rates else []
     t_all = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="streamscore-e2e-"))
     broker = None
@@ -237,8 +258,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sat: dict[str, float] = {}
         targets = [Target("streamscore", "exactly_once"), Target("streamscore", "at_least_once")] \
             if "streamscore" in engines else []
-        if args.full and "streamscore" in engines:
-            targets += [Target("streamscore", "exactly_once", 2), Target("streamscore", "at_least_once", 2)]
+        if "streamscore" in engines:
+            for variant in args.variant:
+                config = parse_variant(variant)
+                targets += [Target("streamscore", "exactly_once", config=config),
+                            Target("streamscore", "at_least_once", config=config)]
+        processes = [int(x) for x in (args.processes or ("1,2" if args.full else "1")).split(",")]
+        if "streamscore" in engines:
+            for n in processes:
+                if n > 1:
+                    targets += [Target("streamscore", "exactly_once", n), Target("streamscore", "at_least_once", n)]
         if "faust" in engines:
             targets.append(Target("faust", "at_least_once"))
         if "quix" in engines:
@@ -254,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for share in levels:
                 rate = sat[t.label] * share
                 _run(env, runs, t, "rate", max(int(rate * seconds), 100), rate=rate, scenario=f"load {share:g}")
+            for rate in rates if t.engine == "streamscore" else []:
+                _run(env, runs, t, "rate", max(int(rate * seconds), 100), rate=rate, scenario=f"rate {rate:g}/s")
         if args.full and "streamscore" in engines:
             for n in (int(x) for x in args.entities.split(",")):
                 env.users = n

@@ -46,11 +46,14 @@ class Target:
     guarantee: str = "exactly_once"
     processes: int = 1
     max_batch: int | None = None  # streamscore only (None: the engine's default)
+    # streamscore only: more engine config keys, e.g. (("commit_pipeline", False),); named in the label
+    config: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
         g = {"exactly_once": "EOS", "at_least_once": "ALO"}[self.guarantee]
-        return f"{self.engine} {g}" + (f" x{self.processes}" if self.processes > 1 else "")
+        extra = "".join(f" {k}={v}" for k, v in self.config)
+        return f"{self.engine} {g}" + (f" x{self.processes}" if self.processes > 1 else "") + extra
 
 
 @dataclass
@@ -171,6 +174,7 @@ def _start_target(env: Env, target: Target, tag: str, topics: dict[str, str], wo
                     "model_name": env.model_name, "instance_id": f"{tag}-{i}", "metrics_port": port}
             if target.max_batch:
                 conf["max_batch"] = target.max_batch
+            conf.update(target.config)
             path = work / f"engine-{i}.yaml"
             path.write_text(yaml.safe_dump(conf))
             procs.start(f"streamscore-{i}", [sys.executable, "-m", "engine.cli", "run", "--config", str(path),

@@ -264,8 +264,15 @@ class EngineConfig:
         bootstrap_servers: Kafka bootstrap; None resolves at start (env, then local broker).
         group_id: consumer group; processes with the same id share the input partitions.
         input_topic / scores_topic / dlq_topic: topic names.
-        max_batch: most messages per micro-batch.
-        batch_wait_ms: longest wait for a micro-batch to fill (latency bound under light load).
+        max_batch: most messages per micro-batch (a backlog is consumed in batches this large).
+        batch_wait_ms: the batch window: a micro-batch is cut when `max_batch` messages are there
+            or this long after the previous batch was cut, whichever comes first (the time the
+            previous batch took to compute and commit counts; latency bound under light load).
+        commit_pipeline: commit each batch on a background thread (exactly_once: its
+            transaction; at_least_once: waiting for its outputs' and changelog's delivery) while
+            the next batch is consumed and computed (it reads the committing batch's state from
+            memory, and is discarded with it if that transaction aborts). False commits each
+            batch before the next one starts.
         guarantee: ``exactly_once`` (one Kafka transaction per batch) or ``at_least_once`` (lower
             latency; output may repeat after a crash). See docs/architecture.md.
         transaction_timeout_ms: how long the broker keeps a dead process's open transaction
@@ -304,8 +311,9 @@ class EngineConfig:
     input_topic: str = "clicks"
     scores_topic: str = "scores"
     dlq_topic: str = "clicks.dlq"
-    max_batch: int = 500
+    max_batch: int = 1000
     batch_wait_ms: int = 50
+    commit_pipeline: bool = True
     guarantee: str = "exactly_once"
     transaction_timeout_ms: int = 10_000
     session_timeout_ms: int = 10_000
@@ -338,6 +346,7 @@ class EngineConfig:
                 raise ConfigError(msg)
 
         need(self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}")
+        need(isinstance(self.commit_pipeline, bool), f"commit_pipeline must be true or false, got {self.commit_pipeline!r}")
         need(0 <= self.batch_wait_ms <= 60_000, f"batch_wait_ms must be in [0, 60000], got {self.batch_wait_ms}")
         need(self.guarantee in GUARANTEES, f"guarantee must be one of {GUARANTEES}, got {self.guarantee!r}")
         need(0 <= self.metrics_port <= 65535, f"metrics_port must be a port number or 0, got {self.metrics_port}")

@@ -2,13 +2,18 @@
 
 One process runs one `ScoringEngine`, a member of the consumer group `group_id`. Per micro-batch:
 
-1. ``consume`` up to `max_batch` messages, waiting at most `batch_wait_ms` for them;
+1. ``consume`` up to `max_batch` messages, waiting at most until `batch_wait_ms` after the
+   previous batch was cut (the batch window: compute and commit time count towards it);
 2. per partition: decode + validate (bad → DLQ), one RocksDB multi-get for the batch's entities,
    `features.executor.process_batch` (late → DLQ), one ONNX call per serving model;
 3. produce score records, DLQ records and the partition's state changelog records;
 4. ``exactly_once``: one Kafka transaction holds the batch's outputs, changelog records and
-   consumed offsets, committed atomically. ``at_least_once``: wait for the outputs' delivery,
-   then for the changelog's, then commit offsets after step 5;
+   consumed offsets, committed atomically. With `commit_pipeline` (the default) the commit runs
+   on a background thread while steps 1-2 of the next batch run, reading this batch's states
+   from memory (`engine.inflight`); the next batch's outputs wait for its own transaction, which
+   begins once this one committed. If this commit aborts, the next batch is discarded too and
+   both rewind. ``at_least_once``: wait for the outputs' delivery, then for the changelog's
+   (pipelined the same way), then commit offsets after step 5;
 5. write each partition's new states, clock, applied offset and changelog position in one
    RocksDB WriteBatch (after the transaction committed, so the store never runs ahead of Kafka).
 
@@ -37,6 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from engine.changelog import changelog_messages, changelog_topic, restore
 from engine.config import EngineConfig
+from engine.inflight import Committer, Outbox, PendingView, produce_all
 from engine.kafka_clients import client_settings
 from engine.label_topic import LABEL_INVALID, InvalidLabel, LabelTopicReader, parse_label
 from engine.labels import LABEL_PREFIX
@@ -138,6 +144,22 @@ class _BatchCounts:
 
 
 @dataclass
+class _Batch:
+    """A computed micro-batch: its input, what it changes and what it produces. Lives from
+    `_process` until it is committed (`_settle`) or aborted (`_abort`)."""
+
+    msgs: list[Message]
+    by_partition: dict[int, list[Message]]
+    clocks_before: dict[int, int | None]  # every held partition's clock before the batch
+    t0: float  # perf_counter when the batch began
+    counts: _BatchCounts = field(default_factory=_BatchCounts)
+    outbox: Outbox = field(default_factory=Outbox)
+    # (partition, its state, new states, encoded clock, next input offset) per partition
+    writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = field(default_factory=list)
+    commits: list[TopicPartition] = field(default_factory=list)  # next input offsets
+
+
+@dataclass
 class _Partition:
     store: PartitionStore
     clock: PartitionClock
@@ -151,10 +173,17 @@ class _Partition:
     idle_swept: bool = False  # swept whole since its last input (sessions.idle_close_ms)
     idle_after: str | None = None  # the idle sweep resumes after this key
     idle_swept_at: float = 0.0  # wall clock (monotonic) its last whole idle sweep ended
+    # The batch in flight's states over the store (its transaction commits; store not yet written).
+    pending: PendingView | None = None
+
+    @property
+    def view(self) -> PartitionStore | PendingView:
+        """What the next batch reads: the store, with the batch in flight's states applied."""
+        return self.store if self.pending is None else self.pending
 
     def reload_monitor(self) -> None:
-        """The monitor state of the last committed batch (the store's copy)."""
-        self.monitor = PartitionMonitor.decode(self.store.get(MONITOR_KEY))
+        """The monitor state of the last batch, committed or in flight."""
+        self.monitor = PartitionMonitor.decode(self.view.get(MONITOR_KEY))
 
 
 class ScoringEngine:
@@ -176,7 +205,11 @@ class ScoringEngine:
         self._partitions: dict[int, _Partition] = {}
         self._delivery_errors: list[str] = []
         self._changelog_next: dict[int, int] = {}
-        self._counts = _BatchCounts()
+        self._counts = _BatchCounts()  # of the batch being computed
+        self._outbox = Outbox()  # its outputs, produced once its transaction began
+        self._committer = Committer()  # the background commit (transaction, or deliveries)
+        self._inflight: _Batch | None = None  # the batch being committed
+        self._aborted_in_poll: list[_Batch] = []  # aborted while draining in a rebalance callback
         self._refused_seen = 0
         self._lag_labels: set[str] = set()
         self._state_root = cfg.state_dir / cfg.features.hash
@@ -319,14 +352,23 @@ class ScoringEngine:
                 self._query.start()  # raises if the port is taken (then closes like any stop)
             if self._standby:
                 self._standby.start()
+            cut: float | None = None  # when the last non-empty batch was cut (monotonic)
             while not self._stop.is_set():
-                msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(wait_s, 0.001))
+                # The batch window runs from the previous batch's cut, not from this call: time
+                # spent computing and committing counts towards it (see `batch_wait_ms`).
+                timeout = wait_s if cut is None else wait_s - (time.monotonic() - cut)
+                msgs = self._consumer.consume(self.cfg.max_batch, timeout=max(timeout, 0.001))
                 now = time.monotonic()
+                cut = now if msgs else None
                 self.metrics.last_loop = now
+                if self._aborted_in_poll:  # a rebalance callback drained a commit that aborted
+                    msgs = self._rewind_after_poll(msgs)
                 if self._router.refresh():  # rate-limited by model_poll_ms; between batches only
                     self._publish_models()
                 if msgs:
                     self._process(msgs)
+                else:
+                    self._settle()  # nothing to overlap with: finish the batch in flight
                 if self._labels is not None:
                     self._process_labels()
                 if self.cfg.sessions.idle_close_ms is not None:  # after the batch: its partitions are not idle
@@ -349,7 +391,7 @@ class ScoringEngine:
                 if max_seconds is not None and now - start >= max_seconds:
                     reason = MAX_SECONDS
                     break
-                if max_events is not None and self.stats.consumed >= max_events:
+                if max_events is not None and self._consumed_so_far() >= max_events:
                     reason = MAX_EVENTS
                     break
                 if now - last_progress >= PROGRESS_EVERY_S:
@@ -360,6 +402,7 @@ class ScoringEngine:
             raise
         finally:
             self.stats.stop_reason = reason
+            self._drain(commit=reason != FAILED)
             try:
                 self._report_stop(reason, assignment_wait_s)
             except (KafkaException, RuntimeError) as exc:  # the report must not hide the loop's own error
@@ -372,6 +415,25 @@ class ScoringEngine:
             if http:
                 http.shutdown()
         return self.stats
+
+    def _consumed_so_far(self) -> int:
+        """Consumed by committed batches and the batch in flight."""
+        return self.stats.consumed + (self._inflight.counts.consumed if self._inflight else 0)
+
+    def _drain(self, commit: bool) -> None:
+        """At stop: finish the batch in flight (`commit`), or, after an error, only wait for its
+        commit to return (its outcome no longer matters: the process is going down, and what
+        was not committed is redone by the next owner)."""
+        try:
+            if commit:
+                self._settle()
+        except (KafkaException, RuntimeError) as exc:  # redone by the next owner of the partitions
+            log.error("the last batch was not committed: %s", exc)
+            self.stats.stop_reason = FAILED
+        finally:
+            self._committer.wait()
+            self._inflight = None
+            self._committer.close()
 
     def _lag(self) -> dict[int, int | None]:
         """Messages left to consume on each held partition: the consumer's cached end offset
@@ -473,8 +535,10 @@ class ScoringEngine:
         return progress
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches complete (commit included) before the next consume(), where callbacks run,
-        # so there is nothing in flight to flush here: just release the stores.
+        # Callbacks run inside consume(), between batches; only a batch's commit can be in
+        # flight (commit_pipeline). Finish it first: its offsets must be committed (or
+        # aborted) before the partitions move, and its stores written before they close.
+        self._settle(in_poll=True)
         if self._labels is not None:
             self._labels.revoke([tp.partition for tp in partitions])
         for tp in partitions:
@@ -495,6 +559,8 @@ class ScoringEngine:
     # -- the batch ------------------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
+        """Compute the batch, then hand its commit to the `Committer` (`_commit`) and return:
+        the next batch computes while it commits, and `_settle` finishes it."""
         t0 = time.perf_counter()
         self.stages.start()
         by_partition: dict[int, list[Message]] = defaultdict(list)
@@ -507,61 +573,132 @@ class ScoringEngine:
                 continue
             by_partition[m.partition()].append(m)
 
-        self._counts = _BatchCounts()
-        commits: list[TopicPartition] = []
-        writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
-        clocks_before = {p: part.clock.max_ts for p, part in self._partitions.items()}
+        batch = _Batch(msgs, by_partition, {p: part.clock.max_ts for p, part in self._partitions.items()}, t0)
+        self._counts, self._outbox = batch.counts, batch.outbox
+        for partition, pmsgs in by_partition.items():
+            part = self._partitions.get(partition)
+            if part is None:  # revoked between fetch and now: another member will redo these
+                continue
+            next_offset = pmsgs[-1].offset() + 1
+            batch.counts.consumed += len(pmsgs)
+            part.last_input, part.idle_swept, part.idle_after = time.monotonic(), False, None
+            states = self._score_partition(part, pmsgs)
+            if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
+                self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
+            if self._query:
+                drop_serving_of_deleted(states)
+            # The store's applied mark never moves back: a batch of redelivered messages that
+            # were all skipped (below the mark) must not lower it, or the rest are re-applied.
+            applied = max(next_offset, part.applied or 0)
+            batch.writes.append((partition, part, states, part.clock.encode(), applied))
+            batch.commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
+        self._report_closed()
+        self.stages.skip()
+        self._commit(batch)
+
+    def _commit(self, batch: _Batch) -> None:
+        """Wait for the previous batch's commit (exactly_once: if it aborts, this batch is
+        discarded with it), then produce this batch's outputs and hand its commit to the
+        committer thread: exactly_once, the changelog joins the transaction and the thread sends
+        the offsets and commits it; at_least_once, the thread waits for the outputs' delivery,
+        then produces the changelog and waits for it (`_settle` writes the stores, then commits
+        the offsets). The next batch computes meanwhile (`commit_pipeline`)."""
+        if not self._settle(also_discard=batch):
+            self.stages.finish()
+            return
         if self._eos:
             self._producer.begin_transaction()
-        try:
-            for partition, pmsgs in by_partition.items():
-                part = self._partitions.get(partition)
-                if part is None:  # revoked between fetch and now: another member will redo these
-                    continue
-                next_offset = pmsgs[-1].offset() + 1
-                self._counts.consumed += len(pmsgs)
-                part.last_input, part.idle_swept, part.idle_after = time.monotonic(), False, None
-                states = self._score_partition(part, pmsgs)
-                if self.cfg.expiry_scan_per_batch and part.clock.watermark is not None:
-                    self._sweep(part, states, min(len(pmsgs), self.cfg.expiry_scan_per_batch))
-                if self._query:
-                    drop_serving_of_deleted(states)
-                # The store's applied mark never moves back: a batch of redelivered messages that
-                # were all skipped (below the mark) must not lower it, or the rest are re-applied.
-                applied = max(next_offset, part.applied or 0)
-                writes.append((partition, part, states, part.clock.encode(), applied))
-                commits.append(TopicPartition(self.cfg.input_topic, partition, next_offset))
-            self._report_closed()
-            self.stages.skip()
-            if self._eos:
-                self._produce_changelog(writes)
-                self._await_deliveries()
-                if commits:
-                    self._producer.send_offsets_to_transaction(
-                        commits, self._consumer.consumer_group_metadata(), 30)
-                self._commit_transaction()
-            else:
-                self._await_deliveries()  # outputs first: the changelog must never run ahead of them
-                self._produce_changelog(writes)
-                self._await_deliveries()
-        except KafkaException as exc:
-            if not self._eos or not _abortable(exc):
-                raise
-            self._abort(by_partition, clocks_before, exc)
-            return
-        self.stages.lap("commit")
+            try:
+                batch.outbox.send(self._producer)
+                self._produce_changelog(batch.writes)
+            except KafkaException as exc:
+                if not _abortable(exc):
+                    raise
+                self._abort_transaction()
+                self._abort([batch], exc)
+                self.stages.finish()
+                return
+            group = self._consumer.consumer_group_metadata()
+            commit: Callable[[], None] = lambda: self._commit_transaction(batch.commits, group)  # noqa: E731
+        else:
+            batch.outbox.send(self._producer)
+            commit = lambda: self._deliver(batch.writes)  # noqa: E731
+        for _, part, states, _, _ in batch.writes:
+            part.pending = PendingView(part.store, states)
+        self.stages.lap("produce")
+        self._inflight = batch
+        self._committer.submit(commit)
+        if not self.cfg.commit_pipeline:
+            self._settle()
+        self.stages.finish()
 
-        for partition, part, states, clock, next_offset in writes:
+    def _deliver(self, writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]]) -> None:
+        """at_least_once, on the committer thread: the batch's outputs are acknowledged, then its
+        changelog (which must never run ahead of the outputs)."""
+        self._await_deliveries()
+        self._produce_changelog(writes)
+        self._await_deliveries()
+
+    def _settle(self, also_discard: _Batch | None = None, in_poll: bool = False) -> bool:
+        """Wait for the batch in flight's commit. Committed: write its stores (at_least_once: then
+        commit its offsets) and count it; True. exactly_once, aborted (an abortable error): rewind
+        it, and `also_discard` (the batch computed on top of it, nothing of which was produced),
+        to the last committed state; False. `in_poll` (inside a rebalance callback): the rewind's
+        seeks wait until consume() returned (`_rewind_after_poll`). True when nothing was in
+        flight. Any other error of the commit (at_least_once: any error) is raised."""
+        batch = self._inflight
+        if batch is None:
+            return True
+        exc = self._committer.wait()
+        self._inflight = None
+        self.stages.lap("commit")  # the commit's wait not hidden behind this batch's compute
+        for _, part, *_ in batch.writes:
+            part.pending = None
+        if exc is not None:
+            if not self._eos:
+                raise exc
+            if self._delivery_errors:
+                errors, self._delivery_errors = self._delivery_errors[:5], []
+                raise DeliveryFailed(f"outputs of the batch were not delivered: {errors}. Offsets were not "
+                                     "committed; the batch will be redelivered on restart.") from exc
+            if not isinstance(exc, KafkaException) or not _abortable(exc):
+                raise exc
+            self._abort_transaction()
+            if in_poll:
+                self._aborted_in_poll.append(batch)
+                self._abort([], exc)
+            else:
+                self._abort([batch] if also_discard is None else [batch, also_discard], exc)
+            return False
+        self._write_stores(batch)
+        if batch.commits and not self._eos:
+            self._commit_offsets(batch.commits)
+            self.stages.lap("commit")
+        self._account(batch)
+        return True
+
+    def _commit_offsets(self, commits: list[TopicPartition]) -> None:
+        """at_least_once: commit the batch's offsets. A commit the group refuses because it is
+        rebalancing (or moved on to a newer generation) is not fatal: the batch's outputs and
+        changelog were delivered and its stores written with the applied offset, so whoever
+        consumes these partitions next (this process or another, restoring the changelog) skips
+        the batch's messages instead of applying them twice."""
+        try:
+            self._consumer.commit(offsets=commits, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in _REBALANCE_REFUSALS:
+                raise
+            log.warning("offset commit refused during a rebalance (%s); the next owner skips the applied "
+                        "messages", err.str())
+
+    def _write_stores(self, batch: _Batch) -> None:
+        for partition, part, states, clock, next_offset in batch.writes:
+            if self._partitions.get(partition) is not part:  # revoked meanwhile: its store is closed
+                continue
             part.store.write(states, clock, next_offset, changelog_offset=self._changelog_next.get(partition))
             part.applied = next_offset
         self.stages.lap("state_write")
-        if commits and not self._eos:
-            self._consumer.commit(offsets=commits, asynchronous=False)
-            self.stages.lap("commit")
-        self.stages.finish()
-        self._account_closed()
-        self._account(msgs, t0)
-        self._record_lag(commits)
 
     def _record_lag(self, commits: list[TopicPartition]) -> None:
         """Consumer lag per partition from the high watermark of the last fetch (no broker call)."""
@@ -577,7 +714,7 @@ class ScoringEngine:
         touched: tombstones join the batch's `states`, so they reach the store and the changelog
         with the batch (in its transaction). At one record per event, the sweep keeps pace with
         the only way state grows (each event adds at most one entity)."""
-        records = part.store.scan(part.sweep_after, limit)
+        records = part.view.scan(part.sweep_after, limit)
         part.sweep_after = records[-1][0] if len(records) == limit else None
         untouched = [(key, raw) for key, raw in records if key not in states]
         if self._closed_topic is not None:
@@ -603,7 +740,7 @@ class ScoringEngine:
             return
         msgs = closed_session_messages(self._counts.closed, self._router, self.cfg.features,
                                        self.cfg.guarantee, int(time.time() * 1000))
-        self._produce_batch(self._closed_topic, msgs, self._on_delivery)
+        self._outbox.batch(self._closed_topic, msgs, self._on_delivery)
 
     def _close_idle_partitions(self, now: float) -> None:
         """`sessions.idle_close_ms`: sweep the stores of partitions without input for that long
@@ -625,7 +762,9 @@ class ScoringEngine:
                and (not part.idle_swept or (wall and now - part.idle_swept_at >= idle_s))]
         if not due:
             return
-        self._counts = _BatchCounts()
+        if not self._settle():  # a unit of work of its own: the batch in flight commits first
+            return  # it aborted and rewound; sweep on a later turn
+        self._counts, self._outbox = _BatchCounts(), Outbox()
         writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
         cursors: list[tuple[_Partition, str | None]] = []
         for p, part in due:
@@ -643,7 +782,7 @@ class ScoringEngine:
                 return
             for partition, part, states, clock, applied in writes:
                 part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
-            self._account_closed()
+            self._account_closed(self._counts)
             self.stats.expired_records += self._counts.expired
             self.metrics.expired_records.inc(self._counts.expired)
             log.info("idle close: partitions %s, %d sessions closed", [p for p, *_ in writes], len(self._counts.closed))
@@ -665,17 +804,19 @@ class ScoringEngine:
         """Outputs of a unit of work without input (the idle close, a label unit): what `produce`
         produces (default: the closed-session records) and the changelog, in one transaction with
         `commits` (exactly_once), or delivered in that order (at_least_once). False if the
-        transaction was aborted (nothing visible; retried later)."""
+        transaction was aborted (nothing visible; retried later). The caller settles the batch in
+        flight first (one transaction per producer)."""
+        if self._committer.busy:
+            raise RuntimeError("internal error: a unit of work began while a batch was still committing")
         if self._eos:
             self._producer.begin_transaction()
         try:
-            (produce or self._report_closed)()  # may add to writes and commits
+            (produce or self._report_closed)()  # may add to writes and commits, and to the outbox
+            self._outbox.send(self._producer)
             if self._eos:
                 self._produce_changelog(writes)
                 self._await_deliveries()
-                if commits:
-                    self._producer.send_offsets_to_transaction(commits, self._consumer.consumer_group_metadata(), 30)
-                self._commit_transaction()
+                self._commit_transaction(commits, self._consumer.consumer_group_metadata())
             else:
                 self._await_deliveries()
                 self._produce_changelog(writes)
@@ -684,18 +825,20 @@ class ScoringEngine:
             if not self._eos or not _abortable(exc):
                 raise
             log.warning("aborting %s transaction (%s); will retry", what, exc)
-            self._producer.abort_transaction(60)
+            self._abort_transaction()
             return False
         return True
 
-    def _account_closed(self) -> None:
+    def _account_closed(self, counts: _BatchCounts) -> None:
         """Count the committed unit of work's reported sessions (expired records: `_account`)."""
         if self._closed_topic is not None:
-            self.stats.sessions_closed += len(self._counts.closed)
-            self.metrics.sessions_closed.inc(len(self._counts.closed))
+            self.stats.sessions_closed += len(counts.closed)
+            self.metrics.sessions_closed.inc(len(counts.closed))
 
-    def _account(self, msgs: list[Message], t0: float) -> None:
-        c = self._counts
+    def _account(self, batch: _Batch) -> None:
+        """Count a committed batch: stats, metrics, end-to-end latency, consumer lag."""
+        c, msgs = batch.counts, batch.msgs
+        self._account_closed(c)
         self.stats.consumed += c.consumed
         self.stats.expired_records += c.expired
         self.metrics.expired_records.inc(c.expired)
@@ -721,11 +864,17 @@ class ScoringEngine:
                     log.info("monitor warning: %s signal on partition %d (unconfirmed)", reason, ev.partition)
         self.stats.batches += 1
         self.metrics.batch_size.observe(len(msgs))
-        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_seconds.observe(time.perf_counter() - batch.t0)
         created = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.float64, count=len(msgs))
         self.latency.record(time.time() * 1000.0 - created)
+        self._record_lag(batch.commits)
 
-    def _commit_transaction(self) -> None:
+    def _commit_transaction(self, commits: list[TopicPartition], group: Any) -> None:
+        """The open transaction's input offsets, then its commit (which first waits for every
+        record of the transaction to be delivered, serving their delivery callbacks). Runs on
+        the committer's thread for a batch; raises what librdkafka raised."""
+        if commits:
+            self._producer.send_offsets_to_transaction(commits, group, 30)
         while True:
             try:
                 self._producer.commit_transaction(60)
@@ -735,22 +884,46 @@ class ScoringEngine:
                     continue
                 raise
 
-    def _abort(self, by_partition: dict[int, list[Message]], clocks_before: dict[int, int | None],
-               exc: KafkaException) -> None:
-        """Abort the batch's transaction and rewind to the last committed state: nothing of the
-        batch is visible, the stores were not written, clocks go back, input is re-read."""
-        log.warning("aborting batch transaction (%s); re-reading from the committed offsets", exc)
+    def _abort_transaction(self) -> None:
+        """Abort the open transaction. Its undelivered records are purged, and their delivery
+        errors ("purged") say nothing about the next transaction: forget them."""
         self._producer.abort_transaction(60)
+        self._delivery_errors.clear()
+
+    def _abort(self, batches: list[_Batch], exc: KafkaException) -> None:
+        """After `abort_transaction`: rewind `batches` (oldest first) to the last committed state.
+        Nothing of them is visible, their stores were not written; clocks and monitors go back,
+        their input is re-read from each partition's first message in them."""
+        log.warning("aborted the batch transaction (%s); re-reading from the committed offsets", exc)
         self.stats.aborted_batches += 1
         self.metrics.aborted_batches.inc()
-        for partition, pmsgs in by_partition.items():
+        self._rewind(batches)
+
+    def _rewind(self, batches: list[_Batch]) -> None:
+        """Clocks and monitors of `batches`' held partitions back to before the oldest of them;
+        each partition seeks to its first message in them."""
+        clocks: dict[int, int | None] = {}
+        firsts: dict[int, int] = {}
+        for batch in reversed(batches):  # the oldest batch's clock and first offset win
+            clocks.update(batch.clocks_before)
+            firsts.update((p, pmsgs[0].offset()) for p, pmsgs in batch.by_partition.items())
+        for partition, offset in firsts.items():
             part = self._partitions.get(partition)
             if part is None:
                 continue
-            part.clock.max_ts = clocks_before.get(partition)
+            part.clock.max_ts = clocks.get(partition)
             if self._monitor is not None:
                 part.reload_monitor()
-            self._consumer.seek(TopicPartition(self.cfg.input_topic, partition, pmsgs[0].offset()))
+            self._consumer.seek(TopicPartition(self.cfg.input_topic, partition, offset))
+
+    def _rewind_after_poll(self, msgs: list[Message]) -> list[Message]:
+        """A rebalance callback drained a commit that aborted (`_settle` in_poll): rewind that
+        batch now, and drop the returned messages of its partitions (fetched before the rewind,
+        they follow the aborted batch; the seek re-reads them in order)."""
+        aborted, self._aborted_in_poll = self._aborted_in_poll, []
+        self._rewind(aborted)
+        rewound = {p for batch in aborted for p in batch.by_partition}
+        return [m for m in msgs if m.partition() not in rewound]
 
     def _score_partition(self, part: _Partition, msgs: list[Message]) -> dict[str, bytes | None]:
         schema = self.cfg.schema
@@ -779,7 +952,7 @@ class ScoringEngine:
         keys = {e[entity] for e in events}
         if self._monitor is not None:
             keys.update(self._monitor.label_keys(list(keys)))
-        stored = part.store.multi_get(keys)  # one multi-get: feature states and label records
+        stored = part.view.multi_get(keys)  # one multi-get: feature states and label records
         self.stages.lap("state_read")
         result = process_batch(self._computer, part.clock, events, stored)
         self.stages.lap("features")
@@ -806,7 +979,7 @@ class ScoringEngine:
                     evs, vs.scores, entity, vs.model, self.cfg.features.hash, vs.variant, self.cfg.guarantee,
                     scored_ts, rows if self.cfg.include_features else None, self._computer.names,
                 )
-                self._produce_batch(self.cfg.scores_topic, records, self._on_delivery)
+                self._outbox.batch(self.cfg.scores_topic, records, self._on_delivery)
                 if self._query and vs.variant != "challenger":  # the answer, in the batch's WriteBatch + changelog
                     result.states.update(serving_records(evs, vs.scores, rows, entity, vs.model, vs.variant, scored_ts))
                 self._counts.scored[vs.variant] += len(records)
@@ -827,7 +1000,7 @@ class ScoringEngine:
             outcome = self._monitor.observe(
                 part.monitor, partition, events, rows, champion, stored, part.clock.watermark,
                 entity_field=self.cfg.features.entity,
-                scan_labels=lambda after, limit: part.store.scan_prefix(LABEL_PREFIX, after, limit))
+                scan_labels=lambda after, limit: part.view.scan_prefix(LABEL_PREFIX, after, limit))
         except Exception:  # noqa: BLE001 - monitoring must never stop scoring
             self._monitor_failures += 1
             log.exception("monitor failed on partition %d (failure %d); its batch is not monitored",
@@ -841,13 +1014,8 @@ class ScoringEngine:
         transaction); its evaluation is applied to metrics once the unit of work commits."""
         states.update(outcome.states)
         for trigger in outcome.triggers:
-            while True:
-                try:
-                    self._producer.produce(self.cfg.monitor.trigger_topic, trigger.to_json(),
-                                           trigger.idempotency_key.encode(), on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
+            self._outbox.message(self.cfg.monitor.trigger_topic, trigger.to_json(), trigger.idempotency_key.encode(),
+                                 self._on_delivery)
         self._counts.evaluations.append(outcome.evaluation)
 
     def _process_labels(self) -> None:
@@ -861,7 +1029,8 @@ class ScoringEngine:
         polled = reader.poll(self.cfg.max_batch)
         if not polled:
             return
-        self._counts = _BatchCounts()
+        self._settle()  # a unit of work of its own: the batch in flight commits (or rewinds) first
+        self._counts, self._outbox = _BatchCounts(), Outbox()
         writes: list[tuple[int, _Partition, dict[str, bytes | None], bytes, int]] = []
         commits: list[TopicPartition] = []
         first: dict[int, int] = {}
@@ -889,7 +1058,7 @@ class ScoringEngine:
         for partition, part, states, clock, applied in writes:
             part.store.write(states, clock, applied, changelog_offset=self._changelog_next.get(partition))
         if commits and not self._eos:
-            self._consumer.commit(offsets=commits, asynchronous=False)
+            self._commit_offsets(commits)
         self._account_labels()
 
     def _apply_labels(self, part: _Partition, partition: int, msgs: list[Message]) -> dict[str, bytes | None]:
@@ -937,34 +1106,12 @@ class ScoringEngine:
             # Changelog partition = input partition. produce_batch ignores a per-message
             # "partition" (librdkafka only honours it with RD_KAFKA_MSG_F_PARTITION, which
             # confluent-kafka does not set): only the batch-level argument routes.
-            self._produce_batch(self._changelog, msgs, self._on_changelog_delivery, partition=partition)
-
-    def _produce_batch(self, topic: str, records: list[dict[str, Any]], on_delivery: Any,
-                       partition: int | None = None) -> None:
-        route = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                queued = self._producer.produce_batch(topic, records, on_delivery=on_delivery, **route)
-            except BufferError:
-                queued = 0
-            if queued == len(records):
-                return
-            # Local queue full: serve deliveries, then retry the messages that were not queued.
-            records = [r for r in records if "_error" in r]
-            for r in records:
-                r.pop("_error", None)
-            self._producer.poll(0.1)
+            produce_all(self._producer, self._changelog, msgs, self._on_changelog_delivery, partition=partition)
 
     def _dead_letter(self, m: Message, reason: str, detail: str) -> None:
         _, ts = m.timestamp()
         headers = dlq_headers(reason, detail, m.topic(), m.partition(), m.offset(), ts)
-        while True:
-            try:
-                self._producer.produce(self.cfg.dlq_topic, m.value(), m.key(), headers=headers,
-                                       on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
+        self._outbox.message(self.cfg.dlq_topic, m.value(), m.key(), self._on_delivery, headers=headers)
         self._counts.dead[reason] += 1
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -994,6 +1141,11 @@ def _watermark_origin(clock: PartitionClock, ts: int) -> str:
     if clock.floor is not None and ts < clock.floor:
         return f"{clock.floor} ms, raised from the wall clock while the partition was idle (sessions.idle_watermark)"
     return f"(max event time - grace {clock.grace_ms} ms)"
+
+
+# Offset commit errors of a member whose group is rebalancing or has moved on without it.
+_REBALANCE_REFUSALS = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+                                 KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID})
 
 
 def _abortable(exc: KafkaException) -> bool:

@@ -7,10 +7,13 @@ per partition per batch, never per event.
 
 Stages (in loop order): ``decode`` (skip-applied check, decode + validate, dead letters),
 ``state_read`` (one RocksDB multi-get), ``features`` (`process_batch`), ``model`` (ONNX calls of
-every serving variant), ``produce`` (score records built and queued), ``monitor`` (drift
-windows, label join and triggers of the batch; `engine.monitors`), ``commit`` (changelog
-records, waiting for deliveries, the transaction commit or the offset commit), ``state_write``
-(the stores' WriteBatches). `finish()` observes each stage's share of the batch into the
+every serving variant), ``produce`` (score records built; with the commit pipeline also the
+batch's queued outputs and changelog produced into its transaction), ``monitor`` (drift
+windows, label join and triggers of the batch; `engine.monitors`), ``commit`` (at_least_once:
+waiting for deliveries and the offset commit; exactly_once: waiting for the transaction commit,
+which with the commit pipeline is the previous batch's and only the part of it the batch's own
+compute did not hide), ``state_write`` (the stores' WriteBatches; pipelined: the previous
+batch's). `finish()` observes each stage's share of the batch into the
 Prometheus histogram ``streamscore_stage_seconds{stage}``; `totals` keeps cumulative seconds.
 """
 

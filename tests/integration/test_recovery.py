@@ -22,9 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from engine.changelog import changelog_topic
+from engine.config import EngineConfig
+from engine.runner import ScoringEngine
 from engine.topics import TopicSpec, delete_topics, ensure_topics
 from features.clickstream import clickstream_spec
 from features.offline import FeatureTable, replay
@@ -420,3 +422,59 @@ def test_sigterm_mid_stream_drains_commits_and_exits_0(kafka_bootstrap: str, top
     assert stats_first["consumed"] + stats_second["consumed"] == n, (stats_first, stats_second)
     assert stats_second["skipped_already_applied"] == 0
     assert_outputs(kafka_bootstrap, topics, log, exactly_once=True)
+
+
+class _AbortingEngine(ScoringEngine):
+    """The engine, with an abortable error injected into the transaction commit of chosen batches
+    (the Nth commits, counted from 1). The real transaction is open on the real broker with the
+    batch's records and offsets in it; the engine must abort it and rewind. With the commit
+    pipeline, each failing commit first waits until the next batch has been computed on top of
+    the committing one, so every injected abort discards a batch in flight."""
+
+    def __init__(self, cfg: EngineConfig, bootstrap: str, fail_commits: set[int]) -> None:
+        super().__init__(cfg, bootstrap)
+        self.fail_commits = fail_commits
+        self.commits = 0
+        self.discarded_in_flight = 0
+        self._next_computed = threading.Event()
+
+    def _commit_transaction(self, commits: list[TopicPartition], group: object) -> None:
+        self.commits += 1
+        if self.commits not in self.fail_commits:
+            super()._commit_transaction(commits, group)
+            return
+        if self.cfg.commit_pipeline:
+            assert self._next_computed.wait(60), "the next batch was never computed"
+        self._producer.send_offsets_to_transaction(commits, group, 30)
+        raise KafkaException(KafkaError(KafkaError._STATE, f"injected into commit {self.commits}",
+                                        txn_requires_abort=True))
+
+    def _settle(self, also_discard=None, in_poll=False):  # type: ignore[no-untyped-def]
+        if also_discard is not None:
+            self._next_computed.set()
+        committed = super()._settle(also_discard, in_poll)
+        self._next_computed.clear()
+        if not committed and also_discard is not None:
+            self.discarded_in_flight += 1
+        return committed
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_aborted_commits_rewind_exactly_once(kafka_bootstrap: str, topics: Topics, trained_model: TrainedModel,
+                                             log: Log, tmp_path: Path, pipeline: bool) -> None:
+    """Abortable errors at three transaction commits (with the commit pipeline: each with the next
+    batch computed on top of the aborting one, and discarded with it). Nothing of an aborted
+    batch is visible, clocks, states and monitors go back, the input is re-read: the outputs are
+    exactly once and bit-identical to the offline replay, and every message is consumed once."""
+    n = len(log.payloads)
+    produce_all(kafka_bootstrap, topics.clicks, log.payloads)
+    cfg = EngineConfig(group_id=topics.group, input_topic=topics.clicks, scores_topic=topics.scores,
+                       dlq_topic=topics.dlq, state_dir=tmp_path / "state", registry=trained_model.registry,
+                       model_name=trained_model.name, include_features=True, max_batch=300, batch_wait_ms=20,
+                       commit_pipeline=pipeline)
+    engine = _AbortingEngine(cfg, kafka_bootstrap, fail_commits={2, 5, 9})
+    stats = engine.run(idle_exit_s=3.0, max_seconds=180)
+    assert stats.stop_reason == "idle", stats.as_dict()
+    assert stats.aborted_batches == 3 and stats.consumed == n, stats.as_dict()
+    assert engine.discarded_in_flight == (3 if pipeline else 0)
+    assert_outputs(kafka_bootstrap, topics, log)

@@ -23,6 +23,7 @@ def test_config_defaults_are_valid() -> None:
     "raw, needle",
     [
         ({"max_batch": 0}, "max_batch"),
+        ({"commit_pipeline": "yes"}, "commit_pipeline"),
         ({"expiry_scan_per_batch": -1}, "expiry_scan_per_batch"),
         ({"guarantee": "maybe"}, "guarantee"),
         ({"bogus": 1}, "unknown config keys ['bogus']"),
