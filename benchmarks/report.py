@@ -32,6 +32,13 @@ def ratios(result: dict[str, Any]) -> list[tuple[str, str, float]]:
     return [(a, b, sat[a] / sat[b]) for a in ours for b in peers]
 
 
+def _warmup_note(warmup: dict[str, Any] | None) -> str:
+    if not warmup:
+        return " No broker warm-up run."
+    return (f" Broker warmed up first by a discarded streamscore exactly-once drain of {warmup['events']:,} events "
+            f"({_f(warmup.get('throughput'), 0)} events/s).")
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result.get("environment", {})
     v = env.get("versions", {})
@@ -39,7 +46,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"End-to-end benchmark, {result.get('started_at', '')}: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, "
         f"load average {env.get('loadavg_start')} at start, {env.get('loadavg_end')} at end; Python {v.get('python')}, "
         f"Kafka {v.get('kafka', '?')} on the same machine, {env.get('partitions')} partitions, "
-        f"{env.get('users', 0):,} users; {result.get('duration_s', 0):.0f} s in all.",
+        f"{env.get('users', 0):,} users; {result.get('duration_s', 0):.0f} s in all."
+        + _warmup_note(result.get("broker_warmup")),
         "",
         "| system | scenario | offered ev/s | throughput ev/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
         "| CPU (cores, measured span) | RSS MB | ev per CPU-s | answered |",
