@@ -21,6 +21,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -64,15 +66,19 @@ class LoadSummary:
     kept_rate: bool
 
 
-def make_payloads(events: int, users: int, seed: int, start_ms: int) -> list[tuple[bytes, bytes]]:
+def make_payloads(events: int, users: int, seed: int, start_ms: int) -> Iterator[tuple[bytes, bytes]]:
+    """The stream's (key, value) payloads, generated lazily."""
     from features.synthetic import ClickstreamGenerator, GeneratorConfig
 
     cfg = GeneratorConfig(n_events=events, n_users=users, seed=seed, start=start_ms, jitter_ms=1_000.0)
-    return list(ClickstreamGenerator(cfg).payloads())
+    return ClickstreamGenerator(cfg).payloads()
 
 
-def run_load(spec: LoadSpec, payloads: list[tuple[bytes, bytes]]) -> tuple[LoadSummary, np.ndarray]:
-    """Send `payloads` per `spec`; returns the summary and the intended send times (epoch s)."""
+def run_load(spec: LoadSpec, payloads: Iterable[tuple[bytes, bytes]]) -> tuple[LoadSummary, np.ndarray]:
+    """Send `spec.events` of `payloads` per `spec`; returns the summary and the intended send times
+    (epoch s). At a fixed rate the payloads are generated before the first send (so generating
+    cannot make the schedule slip); as fast as possible they are generated while sending (a
+    backlog of 12M events would otherwise hold ~2 KB per event in memory)."""
     from confluent_kafka import Producer
 
     producer = Producer({
@@ -80,7 +86,9 @@ def run_load(spec: LoadSpec, payloads: list[tuple[bytes, bytes]]) -> tuple[LoadS
         "acks": "all", "partitioner": "murmur2_random", "linger.ms": 1,  # uncompressed: every peer's client reads it
         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
     })
-    n = len(payloads)
+    n = spec.events
+    stream = iter(payloads)
+    listed: list[tuple[bytes, bytes]] = list(islice(stream, n)) if spec.rate is not None else []
     intended = np.empty(n, dtype=np.float64)
     produce, poll = producer.produce, producer.poll
     errors: list[Any] = []
@@ -89,8 +97,7 @@ def run_load(spec: LoadSpec, payloads: list[tuple[bytes, bytes]]) -> tuple[LoadS
         if err is not None:
             errors.append(err)
 
-    def send(i: int, t: float) -> None:
-        key, value = payloads[i]
+    def send(key: bytes, value: bytes, t: float) -> None:
         while True:
             try:
                 produce(spec.topic, value=value, key=key, timestamp=int(t * 1000), on_delivery=on_delivery)
@@ -107,10 +114,13 @@ def run_load(spec: LoadSpec, payloads: list[tuple[bytes, bytes]]) -> tuple[LoadS
     if spec.rate is None:
         while i < n:
             now = time.time()
-            end = min(n, i + 1000)
+            chunk = list(islice(stream, min(1000, n - i)))
+            if not chunk:
+                raise RuntimeError(f"load: the generator ended after {i} of {n} events")
+            end = i + len(chunk)
             intended[i:end] = now
-            for j in range(i, end):
-                send(j, now)
+            for key, value in chunk:
+                send(key, value, now)
             i = end
             poll(0)
     else:
@@ -128,7 +138,8 @@ def run_load(spec: LoadSpec, payloads: list[tuple[bytes, bytes]]) -> tuple[LoadS
                 late_ticks += 1
             intended[i:due] = t0 + np.arange(i, due, dtype=np.float64) / rate
             for j in range(i, due):
-                send(j, intended[j])
+                key, value = listed[j]
+                send(key, value, intended[j])
             i = due
             poll(0)
             if errors:
