@@ -171,4 +171,10 @@ def _read(consumer: Consumer, topic: str, n: int, schema: EventSchema, from_ms: 
     say(f"[history] {topic}: {records:,} records read, {len(events):,} valid, invalid {invalid or 0}")
     source = {"kind": "topic", "topic": topic, "partitions": n, "seek_ms": seek_ms, "records": records,
               "offsets": {str(p): list(r) for p, r in ranges.items()}, "misrouted": misrouted}
+    emptied = [p for p, (low, high) in enumerate(bounds) if low == high > 0]
+    if emptied and not records:
+        source["emptied_partitions"] = emptied
+        source["note"] = (f"partitions {emptied} held records once but retain none (earliest offset == end "
+                          "offset): the topic's retention deleted them; give the input topic retention.ms "
+                          "covering the retraining windows (retrain.history_retention, or -1)")
     return History(events=events, num_partitions=n, invalid=invalid, source=source)

@@ -36,14 +36,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """`make_topic(prefix="t", partitions=1, compacted=False) -> name`: create a topic named
-    `<prefix>-<12 hex>` (ready to use on return); every topic made is deleted at teardown."""
+    `<prefix>-<12 hex>` (ready to use on return); every topic made is deleted at teardown.
+
+    Topics keep their records forever (retention.ms=-1): tests produce records stamped with the
+    generator's event times (January 2026), and the broker's default 7-day retention would delete
+    them at its next retention check (every 5 min), in the middle of a slow test."""
     from engine.topics import TopicSpec, delete_topics, ensure_topics
 
     made: list[str] = []
 
     def make(prefix: str = "t", partitions: int = 1, compacted: bool = False) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions, compacted)])
+        ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions, compacted, config={"retention.ms": "-1"})])
         made.append(name)
         return name
 

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from typer.testing import CliRunner
 
 import models.retraining as retraining
@@ -314,3 +314,25 @@ def test_records_outside_their_entitys_partition_are_counted(kafka_bootstrap: st
     expected = sum(kafka_partition(e["user_id"], 2) == 1 for e in events)
     assert 0 < expected < len(events)
     assert history.source["misrouted"] == expected and len(history.events) == len(events)
+
+
+def test_a_history_emptied_by_retention_says_so(kafka_bootstrap: str, make_topic) -> None:
+    """Records written and then deleted (what a retention shorter than the event times' age does at the
+    broker's next check) leave earliest == end offset: the history names the cause instead of
+    reporting an unexplained empty window."""
+    from confluent_kafka.admin import AdminClient
+
+    topic = make_topic("clicks", 2)
+    _produce(kafka_bootstrap, topic, drifted_events(seed=9)[:200])
+    kept = read_topic_history(kafka_bootstrap, topic, EventSchema(), None, progress=lambda _l: None)
+    assert len(kept.events) == 200 and "note" not in kept.source
+
+    ends = {p: int(hi) for p, (_lo, hi) in kept.source["offsets"].items()}
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    done = admin.delete_records([TopicPartition(topic, int(p), end) for p, end in ends.items()])
+    for future in done.values():
+        future.result(timeout=30)
+    emptied = read_topic_history(kafka_bootstrap, topic, EventSchema(), None, progress=lambda _l: None)
+    assert emptied.events == [] and emptied.source["records"] == 0
+    assert "retention deleted them" in emptied.source["note"], emptied.source
+    assert emptied.source["emptied_partitions"] == sorted(int(p) for p, end in ends.items() if end > 0)
