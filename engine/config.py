@@ -65,12 +65,24 @@ def default_registry() -> Path:
 
 @dataclass(frozen=True)
 class RocksDBConfig:
-    """Tuning of each partition's RocksDB store (see docs/operations.md)."""
+    """Tuning of the partitions' RocksDB stores (see docs/operations.md).
+
+    Attributes:
+        block_cache_mb: one LRU block cache shared by every store of the process (data, index
+            and filter blocks), MiB.
+        bloom_bits_per_key: point-lookup bloom filter size (the batch multi-get is the hot read).
+        compression: on-disk block compression: none | lz4 | zstd | snappy.
+        write_buffer_mb: size of one memtable, MiB (a store flushes it to disk when full).
+        memtable_budget_mb: all memtables of all the process's stores together, MiB: when
+            they pass it, RocksDB flushes the largest early. With `block_cache_mb` it bounds
+            RocksDB's memory per process, whatever the number of partitions or entities.
+    """
 
     block_cache_mb: int = 64
     bloom_bits_per_key: float = 10.0
     compression: str = "lz4"  # none | lz4 | zstd | snappy
     write_buffer_mb: int = 32
+    memtable_budget_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -372,6 +384,8 @@ class EngineConfig:
              f"got {self.monitor.label_topic!r}")
         need(self.rocksdb.compression in ("none", "lz4", "zstd", "snappy"),
              f"rocksdb.compression must be none|lz4|zstd|snappy, got {self.rocksdb.compression!r}")
+        for key in ("block_cache_mb", "write_buffer_mb", "memtable_budget_mb"):
+            need(getattr(self.rocksdb, key) >= 1, f"rocksdb.{key} must be >= 1 (MiB), got {getattr(self.rocksdb, key)}")
         unmapped = set(self.features.extra_fields) - set(self.schema.extra_fields)
         need(not unmapped, f"features.extra_fields {sorted(unmapped)} are not mapped by schema.extra_fields "
                            f"(which maps {dict(self.schema.extra_fields)})")

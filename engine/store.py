@@ -19,10 +19,20 @@ written with the batch's entity states and restored from the changelog like them
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from engine.config import RocksDBConfig
 
@@ -41,12 +51,25 @@ _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
 
 
+@functools.cache
+def shared_memory(block_cache_mb: int, memtable_budget_mb: int) -> tuple[Cache, WriteBufferManager]:
+    """The process's block cache and memtable budget, one pair per setting: every store opened
+    with the same `RocksDBConfig` shares them, so RocksDB's memory is bounded per process
+    (block cache + memtable budget), not per partition. Never freed (stores come and go with
+    rebalances; the budget stays)."""
+    budget = WriteBufferManager(memtable_budget_mb * 1024 * 1024, False)  # flush early, never stall writers
+    return Cache(block_cache_mb * 1024 * 1024), budget
+
+
 def rocksdb_options(cfg: RocksDBConfig) -> Options:
-    """rocksdict options for a state store: raw bytes, bloom filters, block cache, compression."""
+    """rocksdict options for a state store: raw bytes, bloom filters, the process's shared block
+    cache and memtable budget (`shared_memory`), compression."""
+    cache, memtables = shared_memory(cfg.block_cache_mb, cfg.memtable_budget_mb)
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
+    opts.set_write_buffer_manager(memtables)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(cfg.block_cache_mb * 1024 * 1024))
+    table.set_block_cache(cache)
     table.set_bloom_filter(cfg.bloom_bits_per_key, False)
     table.set_cache_index_and_filter_blocks(True)
     opts.set_block_based_table_factory(table)

@@ -29,6 +29,7 @@ def test_config_defaults_are_valid() -> None:
         ({"bogus": 1}, "unknown config keys ['bogus']"),
         ({"scores_topic": "clicks"}, "distinct"),
         ({"rocksdb": {"compression": "gzip"}}, "rocksdb.compression"),
+        ({"rocksdb": {"memtable_budget_mb": 0}}, "rocksdb.memtable_budget_mb must be >= 1"),
         ({"schema": {"field_map": {"uid": "x"}}}, "unknown canonical fields"),
         ({"features": {"features": [{"name": "a", "agg": "median", "window": {"kind": "tumbling", "size": "1m"}}]}},
          "median"),
@@ -94,6 +95,42 @@ def test_partition_store_batch_write_is_atomic_unit(tmp_path: Path) -> None:
     reopened = PartitionStore(tmp_path / "clicks-0", RocksDBConfig())
     assert reopened.read_meta() == (b"124", 12) and reopened.multi_get(["u2"]) == {"u2": b"s2"}
     reopened.close()
+
+
+def test_stores_of_a_process_share_one_block_cache_and_memtable_budget(tmp_path: Path) -> None:
+    """RocksDB memory is bounded per process: four partitions' memtables together are held to the
+    budget (RocksDB flushes early, on its background threads), not 4 x write_buffer_mb, and reads
+    fill one cache."""
+    import os
+    import time
+
+    from engine.store import shared_memory
+
+    cfg = RocksDBConfig(block_cache_mb=7, write_buffer_mb=32, memtable_budget_mb=4)
+    stores = [PartitionStore(tmp_path / f"clicks-{p}", cfg) for p in range(4)]
+    cache, memtables = shared_memory(7, 4)
+    assert memtables.get_buffer_size() == 4 * 1024 * 1024
+    peak = 0
+    try:
+        for batch in range(10):  # 4 stores x 10 x 1 MB: each store alone stays far below its 32 MB memtable
+            for p, store in enumerate(stores):
+                store.write({f"u{p}-{batch}-{i}": os.urandom(1_000) for i in range(1_000)}, b"1", batch)
+            peak = max(peak, memtables.get_usage())
+        assert peak > 1024 * 1024  # the budget tracks these stores' memtables
+        # The early flushes run in the background: await them (an event, bounded) rather than time them.
+        # Settled, the mutable memtables hold at most ~7/8 of the budget plus the last write (1 MB):
+        # far from the 40 MB four unbudgeted memtables would hold.
+        bound = 2 * memtables.get_buffer_size()
+        deadline = time.monotonic() + 60
+        while memtables.get_usage() > bound and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert memtables.get_usage() <= bound, memtables.get_usage()
+        assert any(path.suffix == ".sst" for path in tmp_path.rglob("*.sst"))  # flushed long before 32 MB
+        assert all(store.multi_get([f"u{p}-0-7"])[f"u{p}-0-7"] is not None for p, store in enumerate(stores))
+        assert 0 < cache.get_usage() <= 7 * 1024 * 1024  # one cache served all four stores' reads
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_partition_store_scan_pages_entities_in_key_order(tmp_path: Path) -> None:
