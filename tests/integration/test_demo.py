@@ -32,7 +32,11 @@ def test_demo_closes_the_loop_on_the_real_broker(kafka_bootstrap: str, tmp_path:
                 admin.delete_topics(mine)
     assert code == 0, out[-4000:]
     assert "RETRAINING TRIGGER published by the engine's monitors" in out
-    assert re.search(r"reason +: feature_drift about purchase v1", out)
+    # The first trigger comes from whichever partition's monitor confirms the change first: the
+    # mix shift (feature_drift), its effect on scores (prediction_drift) or, later, the collapsed
+    # mobile conversions (performance). Which one wins depends on how partitions interleave.
+    first = re.search(r"reason +: (\w+) about purchase v1", out)
+    assert first is not None and first.group(1) in ("feature_drift", "prediction_drift", "performance"), out[-4000:]
     assert re.search(r"decision +: promoted purchase v2 \(champion v1 -> v2\)", out)
     assert "the engine hot-swapped to v2 (no restart)" in out
     sent = re.search(r"accounted for \(scores \+ DLQ\) +: ([\d,]+) of ([\d,]+)", out)
