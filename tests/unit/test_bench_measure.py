@@ -97,3 +97,58 @@ def test_report_ratios_compare_streamscore_with_each_peer_measured_in_the_run() 
     assert ratios(run) == [("streamscore EOS", "faust ALO", 40.0)]
     text = markdown(run)
     assert "40.00x" in text and "FAILED: boom" in text
+
+
+class _Msg:
+    def __init__(self, index: int) -> None:
+        self._value = b'{"event_id": "e-%d"}' % index
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class _ScriptedConsumer:
+    """Hands out records as a broker would at light load: one record is there at a time, and a
+    blocking `consume(n, timeout)` would hold it until `timeout` (n records never arrive)."""
+
+    def __init__(self, _conf: dict) -> None:
+        self.arrivals = [0, 1, 2]
+        self.blocking_waits: list[float] = []
+
+    def assign(self, _partitions: list) -> None:
+        pass
+
+    def poll(self, timeout: float) -> _Msg | None:
+        if self.arrivals:
+            return _Msg(self.arrivals.pop(0))
+        time.sleep(timeout / 10)
+        return None
+
+    def consume(self, n: int, timeout: float) -> list[_Msg]:
+        if timeout > 0:  # the batch would be held until the timeout: stamped late
+            self.blocking_waits.append(timeout)
+            time.sleep(timeout)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_score_reader_stamps_a_record_when_it_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are stamped when a poll hands them over, never after a blocking batch wait (which at
+    light load would add up to the wait to every latency)."""
+    import confluent_kafka
+
+    from benchmarks.measure import ScoreReader
+
+    made: list[_ScriptedConsumer] = []
+    monkeypatch.setattr(confluent_kafka, "Consumer", lambda conf: made.append(_ScriptedConsumer(conf)) or made[-1])
+    reader = ScoreReader("unused:9092", "scores", 1).start()
+    assert reader.wait_for(3, timeout_s=10)
+    index, visible = reader.stop()
+    assert sorted(index.tolist()) == [0, 1, 2]
+    assert made[0].blocking_waits == []  # drained without waiting: stamped at arrival
+    assert len(visible) == 3
