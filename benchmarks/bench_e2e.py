@@ -11,16 +11,18 @@ model, so ratios between systems are measured in one run):
   at-least-once (``--full``: also two processes), Faust, Quix Streams;
 * latency vs load: streamscore at ``--loads`` shares of its own saturation throughput in both
   guarantees, each peer at 50 % of its own; open-loop, ``--seconds`` per level;
-* (``--full``) state-size scaling: streamscore saturation with ``--entities`` distinct users
-  (RSS, disk, throughput); restore: restart on the kept disk and on a wiped disk (time to
-  restore every partition from its changelog).
+* (``--full``, or alone with ``--state-only``) state-size scaling: streamscore saturation with
+  ``--entities`` distinct users (RSS, disk, throughput);
+* (``--full``) restore: restart on the kept disk and on a wiped disk (time to restore every
+  partition from its changelog).
 
 The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a local broker under a temp directory
 (stopped at the end). Before the first measured run, a discarded streamscore exactly-once drain
 of ``--broker-warmup`` events warms the broker's JVM (JIT, page cache, transaction coordinator):
 on 2 cores a cold broker competes for CPU with whichever system runs first (measured: the first
-exactly-once drain 15,700 events/s on a fresh broker, 20,000-20,300 on a warm one). The model is the registry's champion (``--registry``; trained once from a
-synthetic history if it has none for the default feature spec). Output: ``--out`` directory
+exactly-once drain 15,700 events/s on a fresh broker, 20,000-20,300 on a warm one). The model
+is the registry's champion (``--registry``; trained once from a synthetic history if it has
+none for the default feature spec). Output: ``--out`` directory
 (default benchmarks/results/e2e): ``e2e.json`` (environment, config, every run), ``e2e.md`` (the
 table) and PNG plots (`benchmarks.report`).
 """

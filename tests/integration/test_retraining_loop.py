@@ -327,7 +327,7 @@ def test_a_history_emptied_by_retention_says_so(kafka_bootstrap: str, make_topic
     kept = read_topic_history(kafka_bootstrap, topic, EventSchema(), None, progress=lambda _l: None)
     assert len(kept.events) == 200 and "note" not in kept.source
 
-    ends = {p: int(hi) for p, (_lo, hi) in kept.source["offsets"].items()}
+    ends = {p: int(end) for p, (_start, end) in kept.source["offsets"].items()}
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     done = admin.delete_records([TopicPartition(topic, int(p), end) for p, end in ends.items()])
     for future in done.values():

@@ -125,7 +125,7 @@ def test_stores_of_a_process_share_one_block_cache_and_memtable_budget(tmp_path:
         while memtables.get_usage() > bound and time.monotonic() < deadline:
             time.sleep(0.05)
         assert memtables.get_usage() <= bound, memtables.get_usage()
-        assert any(path.suffix == ".sst" for path in tmp_path.rglob("*.sst"))  # flushed long before 32 MB
+        assert any(tmp_path.rglob("*.sst"))  # flushed long before any store reached 32 MB
         assert all(store.multi_get([f"u{p}-0-7"])[f"u{p}-0-7"] is not None for p, store in enumerate(stores))
         assert 0 < cache.get_usage() <= 7 * 1024 * 1024  # one cache served all four stores' reads
     finally:
